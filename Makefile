@@ -1,0 +1,46 @@
+# Two commands do all the set-up (see README):
+#   make run DATA=<folder|zip|url>   venv + pinned deps, then `mlflow run . -e main` on DATA
+#   make test                        venv + pinned deps, then the test suite
+# Both are idempotent: the venv is rebuilt only when requirements.txt or pyproject.toml change.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip
+ENTRY ?= main
+EXPERIMENT ?= landmark
+PYTEST_ARGS ?=
+# A local DATA path is made absolute: `mlflow run` executes in this folder, not yours.
+DATA_ARG := $(if $(wildcard $(DATA)),$(abspath $(DATA)),$(DATA))
+# `mlflow run --env-manager local` runs `python` from PATH: it must be the venv's.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: venv run test lint benchmark ui clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mlflow run . -e $(ENTRY) --env-manager local --experiment-name $(EXPERIMENT) \
+		-P data=$(DATA_ARG) $(if $(PARAMS),$(foreach p,$(PARAMS),-P $(p)))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/data_loading.py --data $(DATA_ARG)
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,91 @@
+"""Frozen configuration dataclasses and the command-line flags generated from them.
+
+Defaults live here, once. Pipelines build their argparse parsers from these fields and the
+`MLproject` parameters are checked against them by a test (`tests/test_contract.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+COURSE_DATA_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
+
+T = TypeVar("T")
+
+
+def _param(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the photos come from and how they are validated, cached and split."""
+
+    data: str = _param(COURSE_DATA_URL, "data set: a folder, a .zip file or an http(s) URL")
+    sha256: str = _param("", "expected sha256 of the downloaded zip (empty: not checked)")
+    cache_dir: str = _param("~/.cache/landmark", "downloads, extracted zips and decoded caches")
+    cache_size: int = _param(256, "side of the square uint8 images kept in the decode cache")
+    val_fraction: float = _param(0.15, "share of each class in train/ held out for validation")
+    seed: int = _param(42, "seed of the train/validation split")
+    min_image_side: int = _param(32, "photos with a shorter side are reported and excluded")
+    max_image_pixels: int = _param(89_478_485, "photos with more pixels are reported as bombs")
+
+
+# Which config classes make up the parameters of each MLproject entry point.
+ENTRY_POINTS: dict[str, tuple[type, ...]] = {
+    "prepare": (DataConfig,),
+    "main": (DataConfig,),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one `--flag` per field of the dataclass `cls`, with its type, default and help."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_field_type(f),
+            default=f.default,
+            help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+        )
+
+
+def from_args(cls: type[T], namespace: argparse.Namespace) -> T:
+    """Build a `cls` instance from the parsed flags that `add_arguments` declared."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: getattr(namespace, name) for name in names})
+
+
+def to_dict(*configs: Any) -> dict[str, Any]:
+    """Flatten config instances into one `{field: value}` dict (e.g. for logging as params)."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        out.update(dataclasses.asdict(cfg))
+    return out
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    # Annotations are strings because of `from __future__ import annotations`.
+    types = {"str": str, "int": _parse_int, "float": float, "bool": _parse_bool}
+    return types[str(f.type)]
+
+
+def _parse_int(text: str) -> int:
+    # MLproject has no integer type: `mlflow run -P seed=42.0` must still mean 42.
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")

@@ -1,0 +1,156 @@
+"""Tiny synthetic photos and data sets, built on the fly; no test depends on downloaded data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmark.config import DataConfig
+
+CLASSES = ["00.Eiffel_Tower", "01.Golden_Gate_Bridge", "Taj_Mahal"]
+LOCATIONS_CSV = (
+    "folder,name,latitude,longitude,country\n"
+    "00.Eiffel_Tower,Eiffel Tower,48.8584,2.2945,France\n"
+    "01.Golden_Gate_Bridge,Golden Gate Bridge,37.8199,-122.4783,United States\n"
+    "Taj_Mahal,Taj Mahal,27.1751,78.0421,India\n"
+)
+
+
+def photo_bytes(size=(80, 60), colour=(200, 30, 30), fmt="JPEG", mode="RGB", seed=0, **save):
+    """An encoded photo: a noisy patch of `colour` (noise keeps JPEGs non-trivial)."""
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.int16)[None, None, : len(colour)]
+    noise = rng.integers(-20, 20, size=(size[1], size[0], base.shape[-1]))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
+    if img.mode != mode:
+        img = img.convert(mode)
+    out = io.BytesIO()
+    img.save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` x `height` (a decompression bomb's header)."""
+    data = bytearray(photo_bytes(size=(64, 64), fmt="PNG"))
+    # IHDR payload starts at byte 16: width, height (big-endian), then the CRC at byte 29.
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def exif_rotated_jpeg(size=(80, 40)) -> bytes:
+    """A JPEG stored landscape with EXIF orientation 6 (display rotated 90 degrees clockwise)."""
+    arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    arr[:, : size[0] // 2] = (255, 0, 0)  # left half red
+    arr[:, size[0] // 2 :] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="JPEG", exif=exif, quality=95)
+    return out.getvalue()
+
+
+def sixteen_bit_png(value: int = 65535, size=(64, 48)) -> bytes:
+    img = Image.fromarray(np.full((size[1], size[0]), value, dtype=np.uint16))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+# Bad files placed in train/<first class>, with the words their reason must contain.
+BAD_FILES = {
+    "empty.jpg": (b"", "zero-byte"),
+    "notes.jpg": (b"%PDF-1.4 this is a document, not a photo", "not an image"),
+    "truncated.jpg": (None, "truncated"),
+    "one_pixel.png": (None, "too small"),
+    "bomb.png": (None, "too large"),
+}
+
+
+def bad_file_bytes(name: str) -> bytes:
+    content, _ = BAD_FILES[name]
+    if content is not None:
+        return content
+    if name == "truncated.jpg":
+        full = photo_bytes(size=(200, 150), seed=7)
+        return full[: len(full) // 2]
+    if name == "one_pixel.png":
+        return photo_bytes(size=(1, 1), fmt="PNG")
+    return png_with_header_size(40_000, 40_000)
+
+
+def make_dataset(root: Path, train_per_class: int = 6, test_per_class: int = 2) -> Path:
+    """Course-layout data set: 3 classes (numbered and plain names), odd modes and bad files."""
+    colours = [(220, 40, 40), (40, 200, 40), (40, 40, 220)]
+    for label, (folder, colour) in enumerate(zip(CLASSES, colours, strict=True)):
+        for split, n in (("train", train_per_class), ("test", test_per_class)):
+            class_dir = root / split / folder
+            class_dir.mkdir(parents=True)
+            for i in range(n):
+                seed = label * 1000 + i + (500 if split == "test" else 0)
+                (class_dir / f"{i:03d}.jpg").write_bytes(photo_bytes(colour=colour, seed=seed))
+    odd = root / "train" / CLASSES[0]
+    odd_files = {
+        "grey.png": photo_bytes(fmt="PNG", mode="L"),
+        "palette.gif": photo_bytes(fmt="GIF", mode="P"),
+        "alpha.png": photo_bytes(fmt="PNG", mode="RGBA"),
+        "cmyk.jpg": photo_bytes(fmt="JPEG", mode="CMYK"),
+        "sixteen_bit.png": sixteen_bit_png(),
+        "rotated.jpg": exif_rotated_jpeg(),
+    }
+    for name, content in odd_files.items():
+        (odd / name).write_bytes(content)
+    for name in BAD_FILES:
+        (odd / name).write_bytes(bad_file_bytes(name))
+    (root / "landmarks.csv").write_text(LOCATIONS_CSV)
+    # A train/test leak: the same bytes on both sides.
+    shutil.copy(root / "train" / CLASSES[1] / "000.jpg", root / "test" / CLASSES[1] / "leak.jpg")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file below `root`, to prove nothing was touched."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def make_zip(folder: Path, zip_path: Path, prefix: str = "") -> Path:
+    """Zip `folder`'s content, entries under `prefix/` (like the course zip's landmark_images/)."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, (Path(prefix) / path.relative_to(folder)).as_posix())
+    return zip_path
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "landmarks")
+
+
+@pytest.fixture
+def data_cfg(dataset_dir: Path, tmp_path: Path) -> DataConfig:
+    return DataConfig(data=str(dataset_dir), cache_dir=str(tmp_path / "cache"), cache_size=64)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real sqlite-backed MLflow store in a temporary folder, used by this test only."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns of the temporary folder
+    return uri
