@@ -14,9 +14,7 @@ from landmark.config import ENTRY_POINTS, add_arguments, from_args
 def parse_entry_point(name: str, argv: list[str] | None) -> tuple:
     """Parse `argv` into the config instances of entry point `name` (see `ENTRY_POINTS`)."""
     classes = ENTRY_POINTS[name]
-    parser = argparse.ArgumentParser(
-        prog=name, description=f"landmark entry point {name!r}"
-    )
+    parser = argparse.ArgumentParser(prog=name, description=f"landmark entry point {name!r}")
     for cls in classes:
         add_arguments(parser, cls)
     namespace = parser.parse_args(argv)

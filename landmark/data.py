@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from landmark import images, sources
 from landmark.config import DataConfig
-from landmark.preprocessing import resize_center_crop
+from landmark.preprocessing import Collate, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,11 @@ class LandmarkData:
 
     @property
     def class_names(self) -> list[str]:
-        return [display_name(folder) for folder in self.class_folders]
+        """Names to show people: from `landmarks.csv` when it has one, else from the folder."""
+        return [
+            self.locations[f].name if f in self.locations else display_name(f)
+            for f in self.class_folders
+        ]
 
     @property
     def num_classes(self) -> int:
@@ -159,8 +163,9 @@ def load_data(cfg: DataConfig) -> LandmarkData:
     hashes = _hash_files(root, [path for split in SPLITS for path, _ in files[split]])
     fingerprint = _fingerprint(root, hashes)
     key = hashlib.sha256(
-        json.dumps([fingerprint, cfg.cache_size, cfg.min_image_side, cfg.max_image_pixels,
-                    CACHE_FORMAT]).encode()
+        json.dumps(
+            [fingerprint, cfg.cache_size, cfg.min_image_side, cfg.max_image_pixels, CACHE_FORMAT]
+        ).encode()
     ).hexdigest()[:16]
     cache = Path(cfg.cache_dir).expanduser() / "cache" / f"{key}-{cfg.cache_size}px"
     if not (cache / "index.json").is_file():
@@ -170,7 +175,8 @@ def load_data(cfg: DataConfig) -> LandmarkData:
     index = json.loads((cache / "index.json").read_text())
     splits = {
         split: Split(
-            images=np.load(cache / f"{split}.npy", mmap_mode="r"),
+            # Copy-on-write mapping: writable, so torch can view it without a copy; never written.
+            images=np.load(cache / f"{split}.npy", mmap_mode="c"),
             labels=np.asarray(index[split]["labels"], dtype=np.int64),
             paths=index[split]["paths"],
         )
@@ -202,7 +208,9 @@ def _fingerprint(root: Path, hashes: dict[str, str]) -> str:
     return digest.hexdigest()
 
 
-def _leaks(files: dict[str, list[tuple[str, int]]], hashes: dict[str, str]) -> list[tuple[str, str]]:
+def _leaks(
+    files: dict[str, list[tuple[str, int]]], hashes: dict[str, str]
+) -> list[tuple[str, str]]:
     """Byte-identical photos present in both train/ and test/."""
     train_by_hash: dict[str, str] = {}
     for path, _ in files["train"]:
@@ -233,7 +241,9 @@ def _decode_split(
 ) -> tuple[list[tuple[str, int]], list[BadFile]]:
     size = cfg.cache_size
     # Rows are written for good photos only; the array is trimmed to their count at the end.
-    arr = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+    arr = np.lib.format.open_memmap(
+        out, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)
+    )
     good: list[tuple[str, int]] = []
     bad: list[BadFile] = []
     for path, label in tqdm(files, desc=f"Decoding {out.stem}", unit="photo"):
@@ -253,9 +263,7 @@ def _decode_split(
 
 def decode_square(path: Path, cfg: DataConfig) -> np.ndarray:
     """Decode one photo into the cached form: uint8 `(S, S, 3)`, shorter side resized to S."""
-    img = images.load_rgb(
-        path, cfg.min_image_side, cfg.max_image_pixels, draft_size=cfg.cache_size
-    )
+    img = images.load_rgb(path, cfg.min_image_side, cfg.max_image_pixels, draft_size=cfg.cache_size)
     chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
     return resize_center_crop(chw, cfg.cache_size, cfg.cache_size).permute(1, 2, 0).numpy()
 
@@ -305,7 +313,7 @@ def summarize(data: LandmarkData, val_fraction: float, seed: int) -> dict:
         classes.append(
             {
                 "folder": folder,
-                "name": location.name if location else display_name(folder),
+                "name": data.class_names[label],
                 **{split: int(c[label]) for split, c in counts.items()},
                 "location": dataclasses.asdict(location) if location else None,
             }
@@ -328,6 +336,7 @@ class CachedImages(torch.utils.data.Dataset):
 
     def __init__(self, split: Split, rows: np.ndarray | None = None, transform=None) -> None:
         self.split = split
+        self.images = torch.from_numpy(split.images)  # (N, S, S, 3) uint8, no copy
         self.rows = np.arange(len(split.labels)) if rows is None else np.asarray(rows)
         self.transform = transform
 
@@ -336,7 +345,31 @@ class CachedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self.rows[i]
-        img = torch.from_numpy(np.array(self.split.images[row])).permute(2, 0, 1)  # (3, S, S)
+        img = self.images[row].permute(2, 0, 1)  # (3, S, S), channels-last view
         if self.transform is not None:
             img = self.transform(img)
         return img, int(self.split.labels[row])
+
+
+def make_loader(
+    dataset: CachedImages,
+    batch_size: int,
+    train: bool,
+    jitter_strength: float = 0.0,
+    num_workers: int = 2,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """uint8 `(B, 3, H, W)` batches of the dataset's photos with their labels.
+
+    For training: shuffled (seeded), incomplete last batch dropped, colour-jittered per photo.
+    """
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=Collate(jitter_strength if train else 0.0),
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -138,9 +138,7 @@ def _check_member(member: zipfile.ZipInfo, zip_path: Path) -> bool:
             "target folder"
         )
     if stat.S_ISLNK(member.external_attr >> 16):
-        raise DataSourceError(
-            f"refusing {zip_path}: entry {member.filename!r} is a symbolic link"
-        )
+        raise DataSourceError(f"refusing {zip_path}: entry {member.filename!r} is a symbolic link")
     return not member.is_dir()
 
 

@@ -22,7 +22,9 @@ def prepare(cfg: DataConfig) -> data.LandmarkData:
         dataset = data.load_data(cfg)
         summary = data.summarize(dataset, cfg.val_fraction, cfg.seed)
         tracking.log_dataset(cfg.data, dataset.root.name, dataset.fingerprint)
-        tracking.log_params({"fingerprint": dataset.fingerprint, "num_classes": dataset.num_classes})
+        tracking.log_params(
+            {"fingerprint": dataset.fingerprint, "num_classes": dataset.num_classes}
+        )
         tracking.log_metrics(
             {
                 **{f"photos_{split}": n for split, n in summary["counts"].items()},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,13 @@ def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
 
 
 def log_params(params: dict[str, Any]) -> None:
-    mlflow.log_params(params)
+    """Log params, leaving out those the run already has.
+
+    `mlflow run` logs the `-P` values itself (an empty string as `''`); logging them again
+    with another spelling would be refused as a change.
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -62,7 +69,11 @@ def log_text(text: str, artifact_file: str) -> None:
 
 def log_dataset(source: str, name: str, fingerprint: str, context: str = "training") -> None:
     """Record the data set as a run input (shown under "Datasets" in the MLflow UI)."""
-    dataset = MetaDataset(source=resolve_dataset_source(source), name=name, digest=fingerprint[:16])
+    with warnings.catch_warnings():
+        # A local path matches two equivalent MLflow source types; MLflow warns and picks one.
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        resolved = resolve_dataset_source(source)
+    dataset = MetaDataset(source=resolved, name=name, digest=fingerprint[:16])
     mlflow.log_input(dataset, context=context)
 
 

@@ -60,9 +60,7 @@ def test_classes_names_and_locations(data_cfg):
 
 def test_train_test_duplicates_are_reported(data_cfg):
     loaded = data.load_data(data_cfg)
-    assert loaded.duplicates == [
-        (f"train/{CLASSES[1]}/000.jpg", f"test/{CLASSES[1]}/leak.jpg")
-    ]
+    assert loaded.duplicates == [(f"train/{CLASSES[1]}/000.jpg", f"test/{CLASSES[1]}/leak.jpg")]
 
 
 def test_cached_pixels_are_the_decoded_photo(data_cfg, dataset_dir):
@@ -138,16 +136,21 @@ def test_stratified_split_is_seeded_disjoint_and_stratified():
     assert not np.array_equal(val, other)
 
 
-def test_cached_dataset_with_transforms(data_cfg):
+def test_loaders_give_uint8_batches(data_cfg):
     loaded = data.load_data(data_cfg)
     pre = Preprocessing(resize_size=64, crop_size=56)
     train = data.CachedImages(loaded.train, transform=train_transform(pre, strength=0.7))
     image, label = train[0]
-    assert image.shape == (3, 56, 56) and image.dtype == torch.float32
+    assert image.shape == (3, 56, 56) and image.dtype == torch.uint8
     assert label == int(loaded.train.labels[0])
+    loader = data.make_loader(train, batch_size=4, train=True, jitter_strength=0.7)
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, 56, 56) and images.dtype == torch.uint8
+    assert labels.shape == (4,)
+
     test = data.CachedImages(loaded.test, rows=np.array([1, 0]), transform=eval_transform(pre))
     assert len(test) == 2
-    assert torch.equal(test[0][0], test[0][0])  # evaluation is deterministic
-    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4, num_workers=2)))
-    assert batch[0].shape == (4, 3, 56, 56)
-
+    eval_loader = data.make_loader(test, batch_size=2, train=False, num_workers=0)
+    first, second = next(iter(eval_loader))[0], next(iter(eval_loader))[0]
+    assert torch.equal(first, second)  # evaluation is deterministic and in order
+    assert torch.equal(first[1], eval_transform(pre)(test.images[0].permute(2, 0, 1)))

@@ -98,7 +98,7 @@ def test_zip_entries_escaping_the_target_are_refused(tmp_path, entry):
         zf.writestr("train/A/1.jpg", b"fine")
         if entry == "link":
             info = zipfile.ZipInfo("train/A/link.jpg")
-            info.external_attr = (0o120777 << 16)  # a symbolic link to /etc/passwd
+            info.external_attr = 0o120777 << 16  # a symbolic link to /etc/passwd
             zf.writestr(info, "/etc/passwd")
         else:
             zf.writestr(entry, b"evil")
