@@ -31,6 +31,10 @@ def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=name, nested=nested, tags=tags) as run:
         mlflow.set_tag("landmark.step", name)
+        if not nested:  # open the experiment in the UI's model-training view, not the GenAI one
+            mlflow.MlflowClient().set_experiment_tag(
+                run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
+            )
         log.info("MLflow run %s (%s) at %s", name, run.info.run_id, mlflow.get_tracking_uri())
         yield run.info.run_id
 
