@@ -105,7 +105,7 @@ def test_mlflow_run_main_on_a_zip(dataset_dir, tmp_path):
 def test_prepare_on_the_shared_landmarks(tracking_uri, tmp_path):
     from landmark.config import DataConfig
 
-    root = REPO.parent.parent / "shared" / "datasets" / "landmarks-35"
+    root = REPO.parent / "shared" / "datasets" / "landmarks-35"
     if not root.is_dir():
         pytest.skip(f"{root} is not present")
     dataset = steps.prepare(DataConfig(data=str(root), cache_dir=str(tmp_path / "cache")))
