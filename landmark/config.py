@@ -29,14 +29,68 @@ class DataConfig:
     cache_dir: str = _param("~/.cache/landmark", "downloads, extracted zips and decoded caches")
     cache_size: int = _param(256, "side of the square uint8 images kept in the decode cache")
     val_fraction: float = _param(0.15, "share of each class in train/ held out for validation")
-    seed: int = _param(42, "seed of the train/validation split")
+    seed: int = _param(42, "seed of the train/validation split, initialisation and augmentation")
     min_image_side: int = _param(32, "photos with a shorter side are reported and excluded")
     max_image_pixels: int = _param(89_478_485, "photos with more pixels are reported as bombs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training loop's settings. Defaults suit a pretrained backbone (`train_transfer`)."""
+
+    epochs: int = _param(15, "maximum number of epochs")
+    batch_size: int = _param(64, "photos per training batch")
+    optimizer: str = _param("adamw", "adamw or sgd (with Nesterov momentum 0.9)")
+    lr: float = _param(2e-3, "peak learning rate")
+    weight_decay: float = _param(0.01, "decoupled weight decay (AdamW) / L2 (SGD)")
+    schedule: str = _param("cosine", "cosine (with one warm-up epoch) or onecycle")
+    label_smoothing: float = _param(0.1, "label smoothing of the cross-entropy loss")
+    augment: float = _param(0.6, "augmentation strength 0..1 (crop scale and colour jitter)")
+    patience: int = _param(5, "stop after this many epochs without a better val accuracy")
+    num_workers: int = _param(2, "data loader worker processes")
+    resume: str = _param("", "checkpoint to resume from (a last.pt of an earlier run)")
+
+
+@dataclass(frozen=True)
+class ScratchTrainConfig(TrainConfig):
+    """Training settings for the CNN trained from scratch (more epochs, higher learning rate)."""
+
+    epochs: int = _param(40, "maximum number of epochs")
+    lr: float = _param(3e-3, "peak learning rate")
+    weight_decay: float = _param(0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
+    schedule: str = _param("onecycle", "cosine (with one warm-up epoch) or onecycle")
+    augment: float = _param(0.7, "augmentation strength 0..1 (crop scale and colour jitter)")
+    patience: int = _param(10, "stop after this many epochs without a better val accuracy")
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """Architecture of `LandmarkCNN`, the CNN trained from scratch."""
+
+    depth: int = _param(4, "stages; each halves the resolution and doubles the channels")
+    width: int = _param(32, "channels of the first stage")
+    blocks: int = _param(2, "residual blocks per stage")
+    norm: str = _param("batch", "batch, group or none")
+    dropout: float = _param(0.2, "dropout before the classifier")
+    image_size: int = _param(128, "side of the square input crop")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Which pretrained backbone, and how much of it is trained."""
+
+    arch: str = _param("efficientnet_lite2", "efficientnet_lite0/1/2, resnet50, convnext_tiny, ...")
+    mode: str = _param("frozen", "frozen (cached features, new head) or finetune")
+    trainable_blocks: int = _param(3, "finetune: backbone stages trained, counted from the top")
+    dropout: float = _param(0.2, "dropout before the new classifier")
+    weights: str = _param("DEFAULT", "torchvision weights name (torchvision backbones only)")
 
 
 # Which config classes make up the parameters of each MLproject entry point.
 ENTRY_POINTS: dict[str, tuple[type, ...]] = {
     "prepare": (DataConfig,),
+    "train_transfer": (DataConfig, TransferConfig, TrainConfig),
+    "train_scratch": (DataConfig, ScratchConfig, ScratchTrainConfig),
     "main": (DataConfig,),
 }
 

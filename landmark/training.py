@@ -1,0 +1,256 @@
+"""The one training loop: `train_one_epoch`, `evaluate` and `fit(..., on_epoch_end=callback)`.
+
+Model-agnostic: any module mapping a batch to logits. MLflow logging and Optuna pruning are
+callbacks. Checkpoints (`last.pt` to resume, `best.pt` for the best validation accuracy) carry
+the optimiser, scheduler and early-stopping state and any metadata the caller adds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from landmark.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) random number generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA if available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters; no weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine decay after one linear warm-up epoch, or one-cycle."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    if cfg.schedule == "cosine":
+        warmup = min(steps_per_epoch, total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {cfg.schedule!r}")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns `train/loss`, `train/acc`, `lr`, `images_per_s`."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False)
+    for images, labels in bar:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.0f}")
+    return {
+        "train/loss": total_loss / max(seen, 1),
+        "train/acc": correct / max(seen, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": seen / (time.perf_counter() - start),
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(N, C)` and labels `(N,)` of every batch of `loader`, in order."""
+    model.eval()
+    logits, labels = [], []
+    for images, targets in tqdm(loader, desc="predict", unit="batch", leave=False):
+        logits.append(model(images.to(device)).float().cpu())
+        labels.append(targets)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, loss_fn: nn.Module, device: torch.device
+) -> dict[str, float]:
+    """`val/loss` and `val/acc` of `model` on `loader`."""
+    logits, labels = predict(model, loader, device)
+    return {
+        "val/loss": loss_fn(logits, labels).item(),
+        "val/acc": (logits.argmax(1) == labels).float().mean().item(),
+    }
+
+
+@dataclass
+class FitResult:
+    """What `fit` leaves behind: the best epoch, its validation accuracy, every epoch's metrics."""
+
+    best_epoch: int
+    best_val_acc: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def fit(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: torch.utils.data.DataLoader,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_dir: Path,
+    device: torch.device = torch.device("cpu"),
+    on_epoch_end: EpochCallback | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation accuracy; leave the best weights in `model`.
+
+    Every epoch writes `checkpoint_dir/last.pt`; a better validation accuracy also writes
+    `best.pt`. With `cfg.resume`, training continues from that checkpoint's next epoch with
+    its optimiser, scheduler, early-stopping state and history. Each epoch is seeded from
+    `(seed, epoch)`, so a resumed run repeats what an uninterrupted one would have done.
+
+    Args:
+        on_epoch_end: called as `on_epoch_end(epoch, metrics)` after each epoch; it may raise
+            (e.g. `optuna.TrialPruned`) to stop training.
+        metadata: saved in the checkpoints (e.g. architecture, class names, preprocessing).
+    """
+    model.to(device)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
+    state = {"epoch": -1, "best_epoch": -1, "best_val_acc": -1.0, "history": []}
+    best_weights = copy.deepcopy(model.state_dict())
+    if cfg.resume:
+        state, best_weights = _resume(Path(cfg.resume), model, optimizer, scheduler)
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        if epoch - state["best_epoch"] > cfg.patience and state["best_epoch"] >= 0:
+            log.info("Early stop: no better val/acc for %d epochs", cfg.patience)
+            break
+        start = time.perf_counter()
+        _seed_epoch(train_loader, seed, epoch)
+        metrics = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch + 1}"
+        )
+        metrics.update(evaluate(model, val_loader, loss_fn, device))
+        metrics["epoch_seconds"] = time.perf_counter() - start
+        state["history"].append({"epoch": epoch, **metrics})
+        state["epoch"] = epoch
+        if metrics["val/acc"] > state["best_val_acc"]:
+            state.update(best_epoch=epoch, best_val_acc=metrics["val/acc"])
+            best_weights = copy.deepcopy(model.state_dict())
+            _save(checkpoint_dir / "best.pt", model, optimizer, scheduler, state, cfg, metadata)
+        _save(checkpoint_dir / "last.pt", model, optimizer, scheduler, state, cfg, metadata,
+              best_weights)
+        log.info(
+            "epoch %d/%d: train/loss %.3f, val/loss %.3f, val/acc %.4f, %.0f img/s, %.0f s",
+            epoch + 1, cfg.epochs, metrics["train/loss"], metrics["val/loss"],
+            metrics["val/acc"], metrics["images_per_s"], metrics["epoch_seconds"],
+        )  # fmt: skip
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+    model.load_state_dict(best_weights)
+    return FitResult(
+        best_epoch=state["best_epoch"],
+        best_val_acc=state["best_val_acc"],
+        history=state["history"],
+        stopped_early=state["epoch"] + 1 < cfg.epochs,
+    )
+
+
+def _seed_epoch(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
+    epoch_seed = seed * 1000 + epoch
+    seed_everything(epoch_seed)
+    if loader.generator is not None:  # shuffling order and worker seeds
+        loader.generator.manual_seed(epoch_seed)
+
+
+def _save(path, model, optimizer, scheduler, state, cfg, metadata, best_weights=None) -> None:
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": state,
+        "train_config": asdict(cfg),
+        "metadata": metadata or {},
+    }
+    if best_weights is not None:
+        checkpoint["best_model"] = best_weights
+    tmp = path.with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)  # a crash while saving never leaves a half-written checkpoint
+
+
+def _resume(path: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    state = checkpoint["state"]
+    log.info("Resuming from %s after epoch %d", path, state["epoch"] + 1)
+    return state, checkpoint.get("best_model", checkpoint["model"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `fit`: weights, optimiser state, history, config, metadata."""
+    return torch.load(path, map_location="cpu", weights_only=False)
