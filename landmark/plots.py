@@ -62,3 +62,82 @@ def _mosaic(images: np.ndarray, rows: np.ndarray, side: int, tile: int = 112) ->
         y, x = divmod(i, side)
         canvas[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile] = thumb
     return canvas
+
+
+def confusion_matrix(counts: np.ndarray, class_names: list[str]) -> Figure:
+    """Row-normalised confusion matrix (recall on the diagonal), true classes as rows."""
+    totals = counts.sum(axis=1, keepdims=True)
+    share = counts / np.maximum(totals, 1)
+    size = max(6.0, 0.3 * len(class_names) + 2)
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"Confusion matrix (rows sum to 1), accuracy {accuracy:.1%}")
+    for t, p in zip(*np.nonzero(counts), strict=True):
+        if t != p:  # annotate the mistakes with their counts
+            ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=6, color="red")
+    fig.colorbar(image, ax=ax, shrink=0.6)
+    return fig
+
+
+def reliability_diagram(bins: dict[str, list[float]], ece: float) -> Figure:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    lower, upper = np.array(bins["lower"]), np.array(bins["upper"])
+    counts = np.array(bins["count"])
+    filled = counts > 0
+    ax.bar(lower[filled], np.array(bins["accuracy"])[filled], width=(upper - lower)[filled],
+           align="edge", edgecolor="black", color="#4C72B0", label="accuracy")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(np.array(bins["confidence"])[filled], np.array(bins["accuracy"])[filled], "o",
+            color="#DD8452", label="mean confidence")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram, ECE {ece:.3f}")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def mistakes_grid(images: list[np.ndarray], mistakes: list[dict], columns: int = 4) -> Figure:
+    """The most confident mistakes: photo, true name, predicted name and its probability."""
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = Figure(figsize=(columns * 3.0, rows * 3.3), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, mistake in zip(axes.flat, images, mistakes, strict=False):
+        ax.imshow(image)
+        ax.set_title(
+            f"true: {mistake['true']}\npredicted: {mistake['predicted']} "
+            f"({mistake['probability']:.0%})",
+            fontsize=8,
+        )
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    return fig
+
+
+def training_curves(history: list[dict]) -> Figure:
+    """Loss and accuracy per epoch, train and validation."""
+    epochs = [h["epoch"] + 1 for h in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [h["train/loss"] for h in history], label="train")
+    loss_ax.plot(epochs, [h["val/loss"] for h in history], label="val")
+    loss_ax.set_title("loss")
+    acc_ax.plot(epochs, [h["train/acc"] for h in history], label="train")
+    acc_ax.plot(epochs, [h["val/acc"] for h in history], label="val")
+    acc_ax.set_title("accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.legend()
+    return fig

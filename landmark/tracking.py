@@ -1,5 +1,6 @@
 """Every MLflow call of the project lives here: runs, params, metrics, artifacts, data sets.
 
+The logged model is a pyfunc (`LandmarkPyfunc`) around the exported TorchScript file.
 The tracking store is whatever MLflow resolves (`MLFLOW_TRACKING_URI`, else MLflow 3's default
 `sqlite:///mlflow.db` with artifacts in `./mlruns`). Under `mlflow run`, `start_run` resumes the
 run that `mlflow run` created; steps of a multi-step pipeline become nested runs.
@@ -7,16 +8,24 @@ run that `mlflow run` created; steps of a multi-step pipeline become nested runs
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +93,130 @@ def log_dataset(source: str, name: str, fingerprint: str, context: str = "traini
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return run.info.run_id if run else None
+
+
+def epoch_logger() -> Callable[[int, dict[str, float]], None]:
+    """A `fit` callback that logs each epoch's metrics as MLflow steps."""
+
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+
+    return log_epoch
+
+
+def log_evaluation(report: Any, figures: dict[str, Any]) -> None:
+    """Log an `evaluation.Report`: metrics, per-class table, calibration bins and pictures."""
+    mlflow.log_metrics(report.metrics)
+    mlflow.log_table(pd.DataFrame(report.per_class), "evaluation/per_class.json")
+    mlflow.log_text(pd.DataFrame(report.per_class).to_csv(index=False), "evaluation/per_class.csv")
+    mlflow.log_dict(report.calibration, "evaluation/calibration.json")
+    mlflow.log_dict(report.mistakes, "evaluation/mistakes.json")
+    mlflow.log_text(pd.DataFrame(report.confusion).to_csv(), "evaluation/confusion_matrix.csv")
+    for name, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
+
+
+class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
+    """The logged MLflow model: a column `image` of encoded photos in, one answer per photo out.
+
+    Params per request: `top_k` (how many landmarks) and `threshold` (below it, `known` is
+    false). The TorchScript file does the work; `serving.Predictor` wraps it.
+    """
+
+    def load_context(self, context) -> None:
+        from landmark.serving import Predictor
+
+        self.predictor = Predictor.load(context.artifacts["torchscript"])
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[dict]:
+        from landmark.serving import DEFAULT_TOP_K, BadRequestError
+
+        params = params or {}
+        try:
+            photos = _photo_column(model_input)
+            return self.predictor.predict(
+                photos, int(params.get("top_k", DEFAULT_TOP_K)), params.get("threshold")
+            )
+        except BadRequestError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
+
+
+def _photo_column(model_input: Any) -> list[bytes]:
+    from landmark.serving import BadRequestError
+
+    if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+        raise BadRequestError("expected a column 'image' of encoded photos (base64 in JSON)")
+    photos = []
+    for row, value in enumerate(model_input["image"]):
+        if isinstance(value, str):  # base64 text that MLflow did not decode for us
+            try:
+                value = base64.b64decode(value, validate=True)
+            except binascii.Error as e:
+                raise BadRequestError(f"row {row}: 'image' is not valid base64: {e}") from e
+        if not isinstance(value, bytes | bytearray):
+            raise BadRequestError(
+                f"row {row}: 'image' must be photo bytes, got {type(value).__name__}"
+            )
+        photos.append(bytes(value))
+    return photos
+
+
+def log_model(torchscript_path: Path, metadata: dict[str, Any], example_photo: bytes) -> str:
+    """Log the exported classifier as this run's MLflow model `model`; return its URI."""
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        params=ParamSchema(
+            [
+                ParamSpec("top_k", "long", min(5, len(metadata["class_folders"]))),
+                ParamSpec("threshold", "double", float(metadata.get("threshold", 0.5))),
+            ]
+        ),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # "Models from code": MLflow loads the class by import instead of unpickling an object.
+        definition = Path(tmp) / "landmark_model.py"
+        definition.write_text(
+            "import mlflow\nfrom landmark.tracking import LandmarkPyfunc\n\n"
+            "mlflow.models.set_model(LandmarkPyfunc())\n"
+        )
+        info = _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata)
+    return info.model_uri
+
+
+def _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata):
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(definition),
+        artifacts={"torchscript": str(torchscript_path)},
+        signature=signature,
+        input_example=pd.DataFrame({"image": [example_photo]}),
+        code_paths=[str(Path(__file__).parent)],
+        pip_requirements=_requirements(),
+        metadata={k: metadata[k] for k in ("arch", "data_fingerprint") if k in metadata},
+    )
+
+
+def _requirements() -> list[str]:
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"pillow=={PIL.__version__}",
+        f"numpy=={numpy.__version__}",
+        f"pandas=={pd.__version__}",
+    ]
+
+
+def load_pyfunc(model_uri: str) -> Any:
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)

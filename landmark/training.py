@@ -37,10 +37,26 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> CUDA if available, else CPU; otherwise the named device."""
+    """ "auto" -> CUDA if available, else CPU; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for "bf16", or for "auto" where the hardware runs it natively; else None (fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        native = (
+            torch.cuda.is_bf16_supported()
+            if device.type == "cuda"
+            else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return torch.bfloat16 if native else None
+    raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -88,16 +104,21 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
     desc: str = "train",
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns `train/loss`, `train/acc`, `lr`, `images_per_s`."""
+    """One pass over `loader`; returns `train/loss`, `train/acc`, `lr`, `images_per_s`.
+
+    `dtype` (e.g. bf16) turns on autocast for the forward pass.
+    """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", leave=False)
     for images, labels in bar:
         images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        loss = loss_fn(logits, labels)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -117,22 +138,30 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `(N, C)` and labels `(N,)` of every batch of `loader`, in order."""
     model.eval()
     logits, labels = [], []
     for images, targets in tqdm(loader, desc="predict", unit="batch", leave=False):
-        logits.append(model(images.to(device)).float().cpu())
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits.append(model(images.to(device)).float().cpu())
         labels.append(targets)
     return torch.cat(logits), torch.cat(labels)
 
 
 def evaluate(
-    model: nn.Module, loader: torch.utils.data.DataLoader, loss_fn: nn.Module, device: torch.device
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    loss_fn: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """`val/loss` and `val/acc` of `model` on `loader`."""
-    logits, labels = predict(model, loader, device)
+    logits, labels = predict(model, loader, device, dtype)
     return {
         "val/loss": loss_fn(logits, labels).item(),
         "val/acc": (logits.argmax(1) == labels).float().mean().item(),
@@ -174,6 +203,7 @@ def fit(
     """
     model.to(device)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    dtype = autocast_dtype(cfg.precision, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(train_loader))
@@ -188,9 +218,9 @@ def fit(
         start = time.perf_counter()
         _seed_epoch(train_loader, seed, epoch)
         metrics = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch + 1}"
+            model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch + 1}", dtype
         )
-        metrics.update(evaluate(model, val_loader, loss_fn, device))
+        metrics.update(evaluate(model, val_loader, loss_fn, device, dtype))
         metrics["epoch_seconds"] = time.perf_counter() - start
         state["history"].append({"epoch": epoch, **metrics})
         state["epoch"] = epoch
@@ -198,8 +228,16 @@ def fit(
             state.update(best_epoch=epoch, best_val_acc=metrics["val/acc"])
             best_weights = copy.deepcopy(model.state_dict())
             _save(checkpoint_dir / "best.pt", model, optimizer, scheduler, state, cfg, metadata)
-        _save(checkpoint_dir / "last.pt", model, optimizer, scheduler, state, cfg, metadata,
-              best_weights)
+        _save(
+            checkpoint_dir / "last.pt",
+            model,
+            optimizer,
+            scheduler,
+            state,
+            cfg,
+            metadata,
+            best_weights,
+        )
         log.info(
             "epoch %d/%d: train/loss %.3f, val/loss %.3f, val/acc %.4f, %.0f img/s, %.0f s",
             epoch + 1, cfg.epochs, metrics["train/loss"], metrics["val/loss"],

@@ -1,0 +1,113 @@
+"""Honest evaluation of a trained classifier on the untouched test split.
+
+Top-1/3/5 accuracy, macro-F1, a per-class table, the confusion matrix, the most confident
+mistakes, and calibration (expected calibration error and the reliability curve). The metric
+names are the same for every model, so runs compare side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+@dataclass
+class Report:
+    """Everything the evaluation found, ready to log."""
+
+    metrics: dict[str, float]
+    per_class: list[dict]
+    confusion: np.ndarray  # (C, C) counts, rows = true class
+    calibration: dict[str, list[float]]  # per bin: confidence, accuracy, count
+    mistakes: list[dict]  # most confident wrong predictions: row, true, predicted, probability
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, dict]:
+    """Expected calibration error (top-1 confidence vs accuracy in equal-width bins) and bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    table = {"confidence": [], "accuracy": [], "count": [], "lower": [], "upper": []}
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        table["lower"].append(float(edges[b]))
+        table["upper"].append(float(edges[b + 1]))
+        table["count"].append(count)
+        table["confidence"].append(float(confidence[members].mean()) if count else 0.0)
+        table["accuracy"].append(float(correct[members].mean()) if count else 0.0)
+        if count:
+            ece += count / len(labels) * abs(table["accuracy"][-1] - table["confidence"][-1])
+    return float(ece), table
+
+
+def evaluate_predictions(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], prefix: str = "test/"
+) -> Report:
+    """All evaluation results from predicted probabilities `(N, C)` and true labels `(N,)`."""
+    num_classes = len(class_names)
+    predicted = probs.argmax(axis=1)
+    ece, bins = calibration(probs, labels)
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
+    metrics = {
+        f"{prefix}top1": top_k_accuracy(probs, labels, 1),
+        f"{prefix}top3": top_k_accuracy(probs, labels, 3),
+        f"{prefix}top5": top_k_accuracy(probs, labels, 5),
+        f"{prefix}macro_f1": float(
+            f1_score(labels, predicted, average="macro", labels=range(num_classes), zero_division=0)
+        ),
+        f"{prefix}ece": ece,
+        f"{prefix}nll": float(nll),
+    }
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(num_classes), zero_division=0
+    )
+    per_class = [
+        {
+            "class": name,
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "f1": float(f1[c]),
+            "support": int(support[c]),
+        }
+        for c, name in enumerate(class_names)
+    ]
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]])]
+    mistakes = [
+        {
+            "row": int(r),
+            "true": class_names[labels[r]],
+            "predicted": class_names[predicted[r]],
+            "probability": float(probs[r, predicted[r]]),
+        }
+        for r in worst
+    ]
+    return Report(
+        metrics=metrics,
+        per_class=per_class,
+        confusion=confusion_matrix(labels, predicted, labels=range(num_classes)),
+        calibration=bins,
+        mistakes=mistakes,
+    )
+
+
+def unknown_threshold(probs: np.ndarray, labels: np.ndarray, keep: float = 0.95) -> float:
+    """Top-probability threshold below which a photo counts as "not a landmark we know".
+
+    Chosen on validation data so that `keep` of the correctly classified photos stay above it.
+    """
+    correct = probs.argmax(axis=1) == labels
+    if not correct.any():
+        return 0.5
+    return float(np.quantile(probs.max(axis=1)[correct], 1.0 - keep))

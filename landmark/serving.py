@@ -1,0 +1,77 @@
+"""Predicting landmarks for encoded photos: what the served MLflow model does per request.
+
+`Predictor` wraps the exported TorchScript file; it decodes each photo safely, runs the model
+and returns the top-k landmarks, the location of the top one, and whether the model knows it.
+Bad photos raise `BadRequestError` naming the offending row. MLflow-free (see `tracking`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from landmark import export, images
+
+DEFAULT_TOP_K = 5
+
+
+class BadRequestError(ValueError):
+    """The request cannot be answered as given; the message names the row and the fix."""
+
+
+class Predictor:
+    """The exported classifier and its metadata, ready to answer requests."""
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any]) -> None:
+        self.module, self.metadata = module, metadata
+        self.folders: list[str] = metadata["class_folders"]
+        self.names: list[str] = metadata["class_names"]
+        self.locations: dict[str, dict] = metadata.get("locations", {})
+        self.threshold: float = float(metadata.get("threshold", 0.5))
+        self.resize_size: int = metadata["preprocessing"]["resize_size"]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        return cls(*export.load_torchscript(path))
+
+    def probabilities(self, photo: bytes, row: int = 0) -> np.ndarray:
+        """Class probabilities `(C,)` of one encoded photo."""
+        try:
+            img = images.load_rgb(photo, draft_size=self.resize_size)
+        except images.BadImageError as e:
+            raise BadRequestError(f"row {row}: {e}") from e
+        tensor = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        with torch.inference_mode():
+            return self.module(tensor).numpy()
+
+    def predict(
+        self, photos: list[bytes], top_k: int = DEFAULT_TOP_K, threshold: float | None = None
+    ) -> list[dict[str, Any]]:
+        """One answer per photo: `top_k`, `label`, `name`, `probability`, `location`, `known`."""
+        if top_k < 1:
+            raise BadRequestError(f"top_k must be at least 1, got {top_k}")
+        top_k = min(top_k, len(self.folders))
+        threshold = self.threshold if threshold is None else float(threshold)
+        return [
+            self.describe(self.probabilities(photo, row), top_k, threshold)
+            for row, photo in enumerate(photos)
+        ]
+
+    def describe(self, probs: np.ndarray, top_k: int, threshold: float) -> dict[str, Any]:
+        order = np.argsort(-probs)[:top_k]
+        ranked = [
+            {"label": self.folders[c], "name": self.names[c], "probability": float(probs[c])}
+            for c in order
+        ]
+        best = ranked[0]
+        return {
+            "label": best["label"],
+            "name": best["name"],
+            "probability": best["probability"],
+            "known": best["probability"] >= threshold,
+            "location": self.locations.get(best["label"]),
+            "top_k": ranked,
+        }

@@ -1,0 +1,135 @@
+"""Transfer learning on cached activations: the frozen part of a backbone runs once per photo.
+
+The backbone is split at a stage boundary. The frozen prefix (normalisation + early stages) is
+run once over every photo, for a centre view and a few augmented views, and its outputs are kept
+in memory (bf16). Training then runs only the trainable suffix (last stages, pooling, new head)
+on those activations: with no trainable stage that is a linear head on pooled features and takes
+seconds; with a few stages it is still several times faster than running the whole network.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from landmark import data, models
+from landmark.preprocessing import ColourJitter, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class Suffix(nn.Module):
+    """The trainable top of a model: `stages[start:]`, global average pooling, the head.
+
+    With `start == len(stages)` its input is already pooled features `(B, F)`.
+    """
+
+    def __init__(self, model: nn.Module, start: int) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(*model.stages()[start:])
+        self.dropout, self.classifier = model.dropout, model.classifier  # shared, not copied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = self.stages(x.float()).mean(dim=(2, 3))
+        return self.classifier(self.dropout(x.float()))
+
+
+def prefix(model: nn.Module, start: int) -> nn.Module:
+    """The frozen bottom of a model, fused for fast inference: images -> stage `start` input.
+
+    With `start == len(stages)` it is the whole feature extractor (pooled features).
+    """
+    if start == len(model.stages()):
+        body = _FeatureExtractor(model)
+    else:
+        body = nn.Sequential(model.normalize, *model.stages()[:start])
+    return models.fuse_for_inference(body).to(memory_format=torch.channels_last)
+
+
+class _FeatureExtractor(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+@torch.inference_mode()
+def cache_activations(
+    body: nn.Module,
+    split: data.Split,
+    rows: np.ndarray,
+    transform: nn.Module,
+    jitter: float = 0.0,
+    batch_size: int = 32,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """Run `body` once over `rows` of `split` (one view each); bf16 outputs `(N, ...)`."""
+    loader = data.make_loader(
+        data.CachedImages(split, rows, transform), batch_size, train=False, num_workers=1
+    )
+    colour = ColourJitter(jitter)
+    outputs = []
+    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        images = colour(images).contiguous(memory_format=torch.channels_last)
+        outputs.append(body(images).to(torch.bfloat16))
+    return torch.cat(outputs)
+
+
+class CachedViews(torch.utils.data.Dataset):
+    """Cached activations of several views per photo; each access picks one view at random."""
+
+    def __init__(self, views: torch.Tensor, labels: np.ndarray) -> None:
+        self.views = views  # (V, N, ...)
+        self.labels = torch.as_tensor(labels)
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        view = int(torch.randint(self.views.shape[0], ()))
+        return self.views[view, i], int(self.labels[i])
+
+
+def build_cached_loaders(
+    model: nn.Module,
+    dataset: data.LandmarkData,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    trainable_stages: int,
+    augment: float,
+    views: int,
+    batch_size: int,
+) -> tuple[nn.Module, torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """Freeze the model's lower stages, cache their outputs, and return (suffix, loaders).
+
+    The training set has a centre view plus `views` augmented views of every photo.
+    """
+    start = len(model.stages()) - trainable_stages
+    models.freeze(model, trainable_stages)
+    body = prefix(model, start)
+    pre = model.preprocessing
+    centre = eval_transform(pre)
+    train_views = [cache_activations(body, dataset.train, train_rows, centre, desc="train view 1")]
+    for v in range(views):
+        train_views.append(
+            cache_activations(
+                body, dataset.train, train_rows, train_transform(pre, augment), augment,
+                desc=f"train view {v + 2}",
+            )
+        )  # fmt: skip
+    val = cache_activations(body, dataset.train, val_rows, centre, desc="val")
+    train_set = CachedViews(torch.stack(train_views), dataset.train.labels[train_rows])
+    val_set = CachedViews(val[None], dataset.train.labels[val_rows])
+    log.info("Cached %s activations of %d views", tuple(val.shape[1:]), views + 1)
+    return (
+        Suffix(model, start),
+        data.make_loader(train_set, batch_size, train=True, num_workers=0),
+        data.make_loader(val_set, 256, train=False, num_workers=0),
+    )
