@@ -175,6 +175,7 @@ def load_imagenet_weights(model: EfficientNetLite, include_classifier: bool = Fa
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = set() if include_classifier else {"classifier.weight", "classifier.bias"}
+    missing = [k for k in missing if not k.startswith("normalize.")]  # ours, not the weights'
     if unexpected or set(missing) != allowed_missing:
         raise RuntimeError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
 

@@ -31,7 +31,7 @@ class ExportedClassifier(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = models.fuse_for_inference(model)
+        self.model = models.fuse_for_inference(model).requires_grad_(False)
         self.resize_size = model.preprocessing.resize_size
         self.crop_size = model.preprocessing.crop_size
 

@@ -126,10 +126,10 @@ class LiteClassifier(efficientnet_lite.EfficientNetLite):
         dropout: float = 0.2,
     ) -> None:
         super().__init__(num_classes, variant, dropout=dropout)
-        if pretrained:  # before `normalize` exists: the weights file knows no such buffers
-            efficientnet_lite.load_imagenet_weights(self)
         self.preprocessing = efficientnet_lite.preprocessing(variant)
         self.normalize = Normalize(self.preprocessing)
+        if pretrained:
+            efficientnet_lite.load_imagenet_weights(self)
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.blocks, self.head]

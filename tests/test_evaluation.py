@@ -1,0 +1,49 @@
+"""Evaluation metrics on hand-checked numbers."""
+
+import numpy as np
+import pytest
+
+from landmark import evaluation
+
+NAMES = ["A", "B", "C"]
+
+
+def test_metrics_on_a_known_case():
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1],  # A, right
+            [0.1, 0.8, 0.1],  # B, right
+            [0.6, 0.3, 0.1],  # C, wrong (A), C is third
+            [0.2, 0.5, 0.3],  # C, wrong (B), C is second
+        ]
+    )
+    labels = np.array([0, 1, 2, 2])
+    report = evaluation.evaluate_predictions(probs, labels, NAMES)
+    m = report.metrics
+    assert m["test/top1"] == 0.5
+    assert m["test/top3"] == 1.0 and m["test/top5"] == 1.0
+    assert evaluation.top_k_accuracy(probs, labels, 2) == 0.75
+    # F1: A = 2*0.5*1/1.5 = 2/3, B = 2/3, C = 0 -> macro 4/9
+    assert m["test/macro_f1"] == pytest.approx(4 / 9)
+    assert [c["support"] for c in report.per_class] == [1, 1, 2]
+    assert report.confusion.tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    assert [(x["true"], x["predicted"]) for x in report.mistakes] == [("C", "A"), ("C", "B")]
+    assert report.mistakes[0]["probability"] == pytest.approx(0.6)
+
+
+def test_expected_calibration_error():
+    # Two photos at 0.85 confidence, one right: |0.5 - 0.85| in the one bin holding both.
+    probs = np.array([[0.85, 0.15], [0.85, 0.15]])
+    ece, bins = evaluation.calibration(probs, np.array([0, 1]), bins=10)
+    assert ece == pytest.approx(0.35)
+    assert sum(bins["count"]) == 2 and bins["count"][8] == 2
+    perfect, _ = evaluation.calibration(np.array([[1.0, 0.0]] * 3), np.array([0, 0, 0]))
+    assert perfect == pytest.approx(0.0)
+
+
+def test_unknown_threshold_keeps_most_correct_predictions():
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0.5, 1.0, 1000)  # all predicted class 0, all correct
+    probs = np.stack([top, 1 - top], axis=1)
+    threshold = evaluation.unknown_threshold(probs, np.zeros(1000, dtype=int), keep=0.9)
+    assert np.mean(top >= threshold) == pytest.approx(0.9, abs=0.01)

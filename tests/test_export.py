@@ -1,0 +1,113 @@
+"""Export: eager = scripted = reloaded TorchScript, metadata inside, pyfunc = TorchScript."""
+
+from __future__ import annotations
+
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import photo_bytes
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from landmark import export, models, tracking
+from landmark.serving import Predictor
+
+METADATA = {
+    "arch": "landmark_cnn",
+    "class_folders": ["00.Eiffel_Tower", "Taj_Mahal", "03.Big_Ben"],
+    "class_names": ["Eiffel Tower", "Taj Mahal", "Big Ben"],
+    "locations": {
+        "00.Eiffel_Tower": {
+            "name": "Eiffel Tower", "latitude": 48.8584, "longitude": 2.2945, "country": "France"
+        }
+    },
+    "preprocessing": {"resize_size": 73, "crop_size": 64},
+    "threshold": 0.2,
+}  # fmt: skip
+
+
+@pytest.fixture
+def trained():
+    torch.manual_seed(0)
+    model = models.build_model("landmark_cnn", 3, image_size=64, width=8, depth=2).eval()
+    model.apply(lambda m: m.running_var.uniform_(0.5, 2) if hasattr(m, "running_var") else None)
+    return model
+
+
+@pytest.fixture
+def exported(trained, tmp_path):
+    return export.export_torchscript(trained, METADATA, tmp_path / "model.pt")
+
+
+def test_eager_scripted_and_reloaded_agree(trained, exported):
+    eager = export.ExportedClassifier(trained).eval()
+    reloaded, metadata = export.load_torchscript(exported)
+    assert metadata == METADATA
+    for shape in [(3, 90, 120), (2, 3, 64, 64), (3, 300, 41)]:  # any size, single or batch
+        x = torch.randint(0, 256, shape, dtype=torch.uint8)
+        a, b = eager(x), reloaded(x)
+        assert a.shape == ((3,) if len(shape) == 3 else (shape[0], 3))
+        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(a.sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_preprocessing_inside_matches_the_evaluation_path(trained, exported):
+    """A photo given at full size = the model on the evaluation crop of that photo."""
+    from landmark.preprocessing import eval_transform
+
+    reloaded, _ = export.load_torchscript(exported)
+    photo = torch.randint(0, 256, (3, 150, 100), dtype=torch.uint8)
+    crop = eval_transform(trained.preprocessing)(photo)
+    expected = trained(crop[None]).softmax(-1)[0]
+    assert torch.allclose(reloaded(photo), expected, atol=1e-4)
+
+
+def test_float_input_is_refused(exported):
+    reloaded, _ = export.load_torchscript(exported)
+    with pytest.raises(Exception, match="uint8"):
+        reloaded(torch.rand(3, 64, 64))
+
+
+def test_predictor_answers_with_top_k_location_and_known(exported):
+    predictor = Predictor.load(exported)
+    jpeg = photo_bytes(size=(120, 90))
+    (answer,) = predictor.predict([jpeg], top_k=2, threshold=0.0)
+    assert len(answer["top_k"]) == 2 and answer["known"] is True
+    probs = [t["probability"] for t in answer["top_k"]]
+    assert probs == sorted(probs, reverse=True)
+    assert answer["name"] == METADATA["class_names"][METADATA["class_folders"].index(answer["label"])]
+    if answer["label"] == "00.Eiffel_Tower":
+        assert answer["location"]["country"] == "France"
+    (unsure,) = predictor.predict([jpeg], threshold=1.01)
+    assert unsure["known"] is False
+    assert len(predictor.predict([jpeg], top_k=50)[0]["top_k"]) == 3  # capped at the classes
+
+
+def test_pyfunc_gives_the_torchscript_predictions(exported, tracking_uri):
+    jpeg, png = photo_bytes(size=(120, 90)), photo_bytes(size=(70, 200), fmt="PNG", seed=3)
+    with tracking.start_run("export-test"):
+        uri = tracking.log_model(exported, METADATA, jpeg)
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    answers = pyfunc.predict(pd.DataFrame({"image": [jpeg, png]}), params={"top_k": 3})
+    module, _ = export.load_torchscript(exported)
+    for answer, photo in zip(answers, [jpeg, png], strict=True):
+        rgb = np.array(Image.open(io.BytesIO(photo)).convert("RGB"))
+        expected = module(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
+        got = {t["label"]: t["probability"] for t in answer["top_k"]}
+        for c, folder in enumerate(METADATA["class_folders"]):
+            assert got[folder] == pytest.approx(float(expected[c]), abs=1e-5)
+    signature = mlflow.models.get_model_info(uri).signature
+    assert signature.inputs.input_names() == ["image"]
+    assert {p.name for p in signature.params.params} == {"top_k", "threshold"}
+
+
+def test_pyfunc_names_the_bad_row(exported, tracking_uri):
+    with tracking.start_run("export-test"):
+        uri = tracking.log_model(exported, METADATA, photo_bytes())
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    with pytest.raises(MlflowException, match="row 1: not an image"):
+        pyfunc.predict(pd.DataFrame({"image": [photo_bytes(), b"hello world"]}))

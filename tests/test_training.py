@@ -1,0 +1,131 @@
+"""The training loop: overfitting one batch, fit smoke test, checkpoints, resume, early stop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from landmark import data, models, training
+from landmark.config import TrainConfig
+from landmark.preprocessing import eval_transform, train_transform
+
+TINY = TrainConfig(epochs=2, batch_size=8, num_workers=0, lr=3e-3, precision="fp32")
+
+
+def tiny_model(num_classes: int = 3, norm: str = "batch") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build_model(
+        "landmark_cnn", num_classes, image_size=32, width=8, depth=2, norm=norm
+    )
+
+
+def loaders(data_cfg, model, augment: float = 0.5):
+    dataset = data.load_data(data_cfg)
+    train_rows, val_rows = data.stratified_split(dataset.train.labels, 0.25, seed=0)
+    pre = model.preprocessing
+    train_set = data.CachedImages(dataset.train, train_rows, train_transform(pre, augment))
+    val_set = data.CachedImages(dataset.train, val_rows, eval_transform(pre))
+    return (
+        data.make_loader(train_set, 8, train=True, jitter_strength=augment, num_workers=0),
+        data.make_loader(val_set, 8, train=False, num_workers=0),
+    )
+
+
+def test_overfits_one_batch():
+    model = tiny_model(2)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    model.eval()
+    assert torch.equal(model(images).argmax(1), labels)
+
+
+def test_fit_smoke_writes_checkpoints_and_calls_back(data_cfg, tmp_path):
+    model = tiny_model()
+    train_loader, val_loader = loaders(data_cfg, model)
+    seen = []
+    result = training.fit(
+        model, train_loader, val_loader, TINY, seed=1, checkpoint_dir=tmp_path / "ckpt",
+        on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)),
+        metadata={"class_names": ["a", "b", "c"]},
+    )  # fmt: skip
+    assert [epoch for epoch, _ in seen] == [0, 1]
+    for _, metrics in seen:
+        assert {"train/loss", "val/loss", "val/acc", "lr", "images_per_s"} <= set(metrics)
+        assert np.isfinite(metrics["train/loss"])
+    assert len(result.history) == 2 and 0 <= result.best_epoch <= 1
+    best = training.load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert best["metadata"]["class_names"] == ["a", "b", "c"]
+    assert best["train_config"]["epochs"] == 2
+    # fit leaves the best weights in the model, and the checkpoint round-trips them.
+    restored = tiny_model()
+    restored.load_state_dict(best["model"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+
+
+def test_resume_continues_where_it_stopped(data_cfg, tmp_path):
+    four = dataclasses.replace(TINY, epochs=4, patience=10)
+    straight = tiny_model()
+    train_loader, val_loader = loaders(data_cfg, straight)
+    full = training.fit(straight, train_loader, val_loader, four, 7, tmp_path / "a")
+
+    interrupted = tiny_model()
+    stop = RuntimeError("interrupted")
+
+    def crash_after_second(epoch, metrics):
+        if epoch == 1:
+            raise stop
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        training.fit(interrupted, train_loader, val_loader, four, 7, tmp_path / "b",
+                     on_epoch_end=crash_after_second)  # fmt: skip
+    resumed_model = tiny_model()
+    resume = dataclasses.replace(four, resume=str(tmp_path / "b" / "last.pt"))
+    resumed = training.fit(resumed_model, train_loader, val_loader, resume, 7, tmp_path / "b")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history[-1]["train/loss"] == pytest.approx(full.history[-1]["train/loss"])
+    for key, value in straight.state_dict().items():
+        assert torch.allclose(value.float(), resumed_model.state_dict()[key].float()), key
+
+
+def test_early_stopping_when_validation_stalls(data_cfg, tmp_path):
+    model = tiny_model(norm="none")  # no batch-norm statistics that could still change
+    train_loader, val_loader = loaders(data_cfg, model)
+    frozen = dataclasses.replace(TINY, epochs=10, patience=2, lr=0.0)  # nothing can improve
+    result = training.fit(model, train_loader, val_loader, frozen, 0, tmp_path)
+    assert result.stopped_early
+    assert len(result.history) == 3  # the first epoch, then `patience` epochs without progress
+
+
+@pytest.mark.parametrize(("optimizer", "schedule"), [("sgd", "cosine"), ("adamw", "onecycle")])
+def test_optimisers_and_schedules(optimizer, schedule):
+    model = tiny_model()
+    cfg = dataclasses.replace(TINY, optimizer=optimizer, schedule=schedule, epochs=3)
+    opt = training.build_optimizer(model, cfg)
+    sched = training.build_scheduler(opt, cfg, steps_per_epoch=4)
+    rates = []
+    for _ in range(12):
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert max(rates) == pytest.approx(cfg.lr, rel=0.05)
+    assert rates[-1] < 0.05 * cfg.lr  # annealed by the end
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # no decay on biases and norms
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="optimizer"):
+        training.build_optimizer(tiny_model(), dataclasses.replace(TINY, optimizer="lion"))
+    with pytest.raises(ValueError, match="precision"):
+        training.autocast_dtype("fp8", torch.device("cpu"))
