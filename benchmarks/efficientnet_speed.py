@@ -47,8 +47,10 @@ def main() -> None:
     fast = models.fuse_for_inference(ours).to(memory_format=torch.channels_last)
     reference.eval()
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {args.variant}, median of {args.rounds} rounds")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, {args.variant}, median of {args.rounds} rounds"
+    )
     print(f"{'batch':>5} {'reference img/s':>16} {'ours img/s':>11} {'speed-up':>9}")
     for size in (int(s) for s in args.batch_sizes.split(",")):
         uint8 = torch.randint(0, 256, (size, 3, 224, 224), dtype=torch.uint8)

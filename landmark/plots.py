@@ -96,8 +96,9 @@ def reliability_diagram(bins: dict[str, list[float]], ece: float) -> Figure:
     ax.bar(lower[filled], np.array(bins["accuracy"])[filled], width=(upper - lower)[filled],
            align="edge", edgecolor="black", color="#4C72B0", label="accuracy")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot(np.array(bins["confidence"])[filled], np.array(bins["accuracy"])[filled], "o",
-            color="#DD8452", label="mean confidence")  # fmt: skip
+    centres = (lower + upper)[filled] / 2  # the gap between bar top and dot is the miscalibration
+    ax.plot(centres, np.array(bins["confidence"])[filled], "o", color="#DD8452",
+            label="mean confidence in the bin")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")

@@ -79,7 +79,9 @@ def test_predictor_answers_with_top_k_location_and_known(exported):
     assert len(answer["top_k"]) == 2 and answer["known"] is True
     probs = [t["probability"] for t in answer["top_k"]]
     assert probs == sorted(probs, reverse=True)
-    assert answer["name"] == METADATA["class_names"][METADATA["class_folders"].index(answer["label"])]
+    assert (
+        answer["name"] == METADATA["class_names"][METADATA["class_folders"].index(answer["label"])]
+    )
     if answer["label"] == "00.Eiffel_Tower":
         assert answer["location"]["country"] == "France"
     (unsure,) = predictor.predict([jpeg], threshold=1.01)
