@@ -82,7 +82,8 @@ def train_transfer(data_cfg: DataConfig, cfg: TransferConfig, train_cfg: TrainCo
                 model, dataset, train_rows, val_rows, trainable, train_cfg.augment, cfg.views,
                 train_cfg.batch_size,
             )  # fmt: skip
-        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, model, dataset)
+        metadata = export.model_metadata(model, dataset, cfg.arch)
+        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata)
         return _finish(model, cfg.arch, dataset, val_rows, result, train_cfg)
 
 
@@ -95,7 +96,8 @@ def train_scratch(data_cfg: DataConfig, cfg: ScratchConfig, train_cfg: ScratchTr
         model = models.build_model("landmark_cnn", dataset.num_classes, **dataclasses.asdict(cfg))
         model = model.to(memory_format=torch.channels_last)
         train_loader, val_loader = _image_loaders(model, dataset, train_rows, val_rows, train_cfg)
-        result = _fit(model, train_loader, val_loader, train_cfg, data_cfg, run_id, model, dataset)
+        metadata = export.model_metadata(model, dataset, "landmark_cnn")
+        result = _fit(model, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata)
         return _finish(model, "landmark_cnn", dataset, val_rows, result, train_cfg)
 
 
@@ -131,7 +133,8 @@ def _image_loaders(model, dataset, train_rows, val_rows, cfg: TrainConfig):
     )
 
 
-def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, model, dataset):
+def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, metadata):
+    """`training.fit` with MLflow epoch logging; checkpoints under `cache_dir/checkpoints/<run>`."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     tracking.log_params({"trainable_parameters": trainable})
     checkpoints = Path(data_cfg.cache_dir).expanduser() / "checkpoints" / run_id
@@ -139,7 +142,7 @@ def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, model, dataset):
     return training.fit(
         net, train_loader, val_loader, cfg, data_cfg.seed, checkpoints,
         on_epoch_end=tracking.epoch_logger(),
-        metadata=export.model_metadata(model, dataset, type(model).__name__),
+        metadata=metadata,
     )  # fmt: skip
 
 

@@ -57,3 +57,19 @@ def test_logged_models_answer_photo_bytes(runs):
         assert answer["name"] in {"Eiffel Tower", "Golden Gate Bridge", "Taj Mahal"}
         assert len(answer["top_k"]) == 3
         assert answer["known"] == (answer["probability"] >= result["threshold"])
+
+
+def test_torchvision_backbone_trains_end_to_end_with_frozen_stages(data_cfg, tracking_uri):
+    """The path for online users: a torchvision backbone (random weights here, offline)."""
+    result = steps.train_transfer(
+        data_cfg,
+        TransferConfig(arch="resnet50", weights="", trainable_blocks=1),
+        TrainConfig(epochs=1, batch_size=8, num_workers=0),
+    )
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    trainable = int(run.data.params["trainable_parameters"])
+    assert 0 < trainable < 23_000_000  # layer4 and the head, not all of resnet50's 23.5M
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    (answer,) = model.predict(pd.DataFrame({"image": [photo_bytes()]}))
+    assert len(answer["top_k"]) == 3
