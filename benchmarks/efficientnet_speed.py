@@ -1,8 +1,9 @@
 """EfficientNet-Lite forward pass, images per second: ours vs the reference package.
 
-Same weights, same 224x224 batches, side by side in one run (rounds interleave the two so that
-machine noise hits both alike). Ours runs as it is served: batch norm folded into the
-convolutions, channels-last memory layout. The reference is `efficientnet_lite_pytorch`.
+Same weights, same 224x224 batches, side by side in one run (rounds interleave them so that
+machine noise hits all alike). Ours runs with batch norm folded into the convolutions and
+channels-last memory layout, eager and TorchScript-scripted (as the exported model ships).
+The reference is `efficientnet_lite_pytorch`.
 
     .venv/bin/python benchmarks/efficientnet_speed.py
 """
@@ -45,13 +46,19 @@ def main() -> None:
     ours = models.build_model(args.variant, 1000)
     efficientnet_lite.load_imagenet_weights(ours, include_classifier=True)
     fast = models.fuse_for_inference(ours).to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(fast)  # the form the exported model ships in
     reference.eval()
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, {args.variant}, median of {args.rounds} rounds"
     )
-    print(f"{'batch':>5} {'reference img/s':>16} {'ours img/s':>11} {'speed-up':>9}")
+    print(
+        f"{'batch':>5} {'reference img/s':>16} {'ours eager':>11} {'ours scripted':>14} "
+        f"{'speed-up (eager, scripted)':>27}"
+    )
     for size in (int(s) for s in args.batch_sizes.split(",")):
         uint8 = torch.randint(0, 256, (size, 3, 224, 224), dtype=torch.uint8)
         pre = ours.preprocessing
@@ -59,12 +66,16 @@ def main() -> None:
         normalised = (uint8.float() / 255 - mean) / std  # the reference takes normalised floats
         ours_input = uint8.contiguous(memory_format=torch.channels_last)
         repeats = max(1, args.images // size)
-        rates = {"reference": [], "ours": []}
+        rates = {"reference": [], "eager": [], "scripted": []}
         for _ in range(args.rounds):
             rates["reference"].append(images_per_second(reference, normalised, repeats))
-            rates["ours"].append(images_per_second(fast, ours_input, repeats))
-        ref, our = (statistics.median(rates[k]) for k in ("reference", "ours"))
-        print(f"{size:>5} {ref:>16.1f} {our:>11.1f} {our / ref:>8.1f}x")
+            rates["eager"].append(images_per_second(fast, ours_input, repeats))
+            rates["scripted"].append(images_per_second(scripted, ours_input, repeats))
+        ref, eager, script = (statistics.median(rates[k]) for k in rates)
+        print(
+            f"{size:>5} {ref:>16.1f} {eager:>11.1f} {script:>14.1f} "
+            f"{eager / ref:>13.1f}x, {script / ref:.1f}x"
+        )
 
 
 if __name__ == "__main__":
