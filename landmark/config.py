@@ -20,6 +20,11 @@ def _param(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _override(base: type, name: str, default: Any) -> Any:
+    """The field `name` of `base` with another default (same help text)."""
+    return _param(default, base.__dataclass_fields__[name].metadata["help"])
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the photos come from and how they are validated, cached and split."""
@@ -56,11 +61,12 @@ class TrainConfig:
 class ScratchTrainConfig(TrainConfig):
     """Training settings for the CNN trained from scratch (more epochs, higher learning rate)."""
 
-    epochs: int = _param(40, "maximum number of epochs")
-    lr: float = _param(3e-3, "peak learning rate")
-    weight_decay: float = _param(0.05, "decoupled weight decay (AdamW) / L2 (SGD)")
-    augment: float = _param(0.7, "augmentation strength 0..1 (crop scale and colour jitter)")
-    patience: int = _param(10, "stop after this many epochs without a better val accuracy")
+    # Only the defaults differ; the help text is TrainConfig's.
+    epochs: int = _override(TrainConfig, "epochs", 40)
+    lr: float = _override(TrainConfig, "lr", 3e-3)
+    weight_decay: float = _override(TrainConfig, "weight_decay", 0.05)
+    augment: float = _override(TrainConfig, "augment", 0.7)
+    patience: int = _override(TrainConfig, "patience", 10)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from landmark import images, sources
 from landmark.config import DataConfig
-from landmark.preprocessing import Collate, resize_center_crop
+from landmark.preprocessing import Collate, square_crop
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,7 @@ def _decode_split(
 def decode_square(path: Path, cfg: DataConfig) -> np.ndarray:
     """Decode one photo into the cached form: uint8 `(S, S, 3)`, shorter side resized to S."""
     img = images.load_rgb(path, cfg.min_image_side, cfg.max_image_pixels, draft_size=cfg.cache_size)
-    chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-    return resize_center_crop(chw, cfg.cache_size, cfg.cache_size).permute(1, 2, 0).numpy()
+    return square_crop(np.asarray(img), cfg.cache_size)
 
 
 def _truncate_npy(path: Path, rows: int) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from landmark.data import LandmarkData
-from landmark.preprocessing import resize_center_crop
+from landmark.preprocessing import square_crop
 
 SPLIT_COLOURS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 
@@ -57,10 +56,8 @@ def _mosaic(images: np.ndarray, rows: np.ndarray, side: int, tile: int = 112) ->
     """`side` x `side` thumbnails of the given cached images as one uint8 (H, W, 3) array."""
     canvas = np.full((side * tile, side * tile, 3), 255, dtype=np.uint8)
     for i, row in enumerate(rows[: side * side]):
-        chw = torch.from_numpy(np.array(images[row])).permute(2, 0, 1)
-        thumb = resize_center_crop(chw, tile, tile).permute(1, 2, 0).numpy()
-        y, x = divmod(i, side)
-        canvas[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile] = thumb
+        top, left = (tile * k for k in divmod(i, side))
+        canvas[top : top + tile, left : left + tile] = square_crop(images[row], tile)
     return canvas
 
 
@@ -108,21 +105,21 @@ def reliability_diagram(bins: dict[str, list[float]], ece: float) -> Figure:
     return fig
 
 
-def mistakes_grid(images: list[np.ndarray], mistakes: list[dict], columns: int = 4) -> Figure:
-    """The most confident mistakes: photo, true name, predicted name and its probability."""
-    rows = max(1, math.ceil(len(images) / columns))
+def mistakes_grid(images: np.ndarray, mistakes: list[dict], columns: int = 4) -> Figure:
+    """The given mistakes (`row` into `images`): photo, true name, predicted name, probability."""
+    rows = max(1, math.ceil(len(mistakes) / columns))
     fig = Figure(figsize=(columns * 3.0, rows * 3.3), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, image, mistake in zip(axes.flat, images, mistakes, strict=False):
-        ax.imshow(image)
+    for ax, mistake in zip(axes.flat, mistakes, strict=False):
+        ax.imshow(square_crop(images[mistake["row"]], 192))
         ax.set_title(
             f"true: {mistake['true']}\npredicted: {mistake['predicted']} "
             f"({mistake['probability']:.0%})",
             fontsize=8,
         )
-    if not images:
+    if not mistakes:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     return fig
 

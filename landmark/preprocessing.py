@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +48,12 @@ def resize_center_crop(img: torch.Tensor, resize_size: int, crop_size: int) -> t
     top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
     out = batched[..., top : top + crop_size, left : left + crop_size]
     return out if img.dim() == 4 else out.squeeze(0)
+
+
+def square_crop(hwc: np.ndarray, size: int) -> np.ndarray:
+    """`resize_center_crop` to a `size` square for a uint8 `(H, W, 3)` array (PIL/cache layout)."""
+    chw = torch.from_numpy(np.array(hwc, dtype=np.uint8)).permute(2, 0, 1)
+    return resize_center_crop(chw, size, size).permute(1, 2, 0).numpy()
 
 
 def as_batch(img: torch.Tensor) -> torch.Tensor:

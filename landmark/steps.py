@@ -25,7 +25,7 @@ from landmark.config import (
     TransferConfig,
     to_dict,
 )
-from landmark.preprocessing import eval_transform, resize_center_crop, train_transform
+from landmark.preprocessing import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -185,20 +185,13 @@ def _probabilities(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _evaluation_figures(report: evaluation.Report, dataset: data.LandmarkData) -> dict:
-    worst = report.mistakes[:16]
-    photos = [_thumbnail(dataset.test.images[m["row"]]) for m in worst]
     return {
         "confusion_matrix": plots.confusion_matrix(report.confusion, dataset.class_names),
         "reliability_diagram": plots.reliability_diagram(
             report.calibration, report.metrics["test/ece"]
         ),
-        "worst_mistakes": plots.mistakes_grid(photos, worst),
+        "worst_mistakes": plots.mistakes_grid(dataset.test.images, report.mistakes[:16]),
     }
-
-
-def _thumbnail(image: np.ndarray, size: int = 192) -> np.ndarray:
-    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    return resize_center_crop(chw, size, size).permute(1, 2, 0).numpy()
 
 
 def _format(metrics: dict[str, float]) -> str:

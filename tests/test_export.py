@@ -82,8 +82,7 @@ def test_predictor_answers_with_top_k_location_and_known(exported):
     assert (
         answer["name"] == METADATA["class_names"][METADATA["class_folders"].index(answer["label"])]
     )
-    if answer["label"] == "00.Eiffel_Tower":
-        assert answer["location"]["country"] == "France"
+    assert answer["location"] == METADATA["locations"].get(answer["label"])
     (unsure,) = predictor.predict([jpeg], threshold=1.01)
     assert unsure["known"] is False
     assert len(predictor.predict([jpeg], top_k=50)[0]["top_k"]) == 3  # capped at the classes
