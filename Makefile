@@ -11,12 +11,14 @@ DATA ?= https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_image
 ENTRY ?= main
 EXPERIMENT ?= landmark
 PYTEST_ARGS ?=
+MODEL ?= models:/landmark-classifier@champion
+PORT ?= 5001
 # A local DATA path is made absolute: `mlflow run` executes in this folder, not yours.
 DATA_ARG := $(if $(wildcard $(DATA)),$(abspath $(DATA)),$(DATA))
 # `mlflow run --env-manager local` runs `python` from PATH: it must be the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test lint benchmark ui clean-venv
+.PHONY: venv run test lint benchmark ui serve clean-venv
 
 venv: $(STAMP)
 
@@ -41,6 +43,10 @@ benchmark: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+		$(BIN)/mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -87,18 +87,51 @@ class TransferConfig:
 
     arch: str = _param("efficientnet_lite0", "efficientnet_lite0/1/2, resnet50, convnext_tiny, ...")
     mode: str = _param("finetune", "finetune (last stages) or frozen (new head only)")
-    trainable_blocks: int = _param(6, "finetune: backbone stages trained, counted from the top")
+    trainable_blocks: int = _param(3, "finetune: backbone stages trained, counted from the top")
+    head_size: int = _param(0, "hidden units of the new head (0: one linear layer)")
     dropout: float = _param(0.2, "dropout before the new classifier")
     views: int = _param(3, "augmented views per photo cached for training (plus the centre)")
     weights: str = _param("DEFAULT", "torchvision weights name (torchvision backbones only)")
 
 
+@dataclass(frozen=True)
+class TuneConfig:
+    """The Optuna study run before the final training. Defaults suit `train_transfer`."""
+
+    n_trials: int = _param(20, "trials in the study, counting earlier runs of it (0: no tuning)")
+    timeout: float = _param(480.0, "wall-clock budget of the study in seconds (0: none)")
+    trial_epochs: int = _param(6, "maximum epochs of one trial (the final model uses `epochs`)")
+    pruner: str = _param("hyperband", "hyperband, median or none")
+    study_name: str = _param("", "rerun with the same name to continue (default: derived)")
+    storage: str = _param("", "journal file or SQLAlchemy URL (default: next to the MLflow store)")
+
+
+@dataclass(frozen=True)
+class ScratchTuneConfig(TuneConfig):
+    """Tuning settings for the CNN trained from scratch (fewer, longer trials)."""
+
+    n_trials: int = _override(TuneConfig, "n_trials", 8)
+    timeout: float = _override(TuneConfig, "timeout", 900.0)
+    trial_epochs: int = _override(TuneConfig, "trial_epochs", 6)
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    """Which registered version becomes the served `champion`."""
+
+    metric: str = _param("test/top1", "version tag to compare (higher is better)")
+    version: str = _param("", "promote this version instead of the best one")
+    force: bool = _param(False, "promote even if it does not beat the champion on its data set")
+    rollback: bool = _param(False, "give champion back to the previous champion instead")
+
+
 # Which config classes make up the parameters of each MLproject entry point.
 ENTRY_POINTS: dict[str, tuple[type, ...]] = {
     "prepare": (DataConfig,),
-    "train_transfer": (DataConfig, TransferConfig, TrainConfig),
-    "train_scratch": (DataConfig, ScratchConfig, ScratchTrainConfig),
-    "main": (DataConfig,),
+    "train_transfer": (DataConfig, TransferConfig, TrainConfig, TuneConfig),
+    "train_scratch": (DataConfig, ScratchConfig, ScratchTrainConfig, ScratchTuneConfig),
+    "promote": (PromoteConfig,),
+    "main": (DataConfig, PromoteConfig),
 }
 
 
@@ -129,6 +162,42 @@ def to_dict(*configs: Any) -> dict[str, Any]:
     return out
 
 
+def mlproject() -> str:
+    """The `MLproject` file, generated from `ENTRY_POINTS` (`python -m landmark.config`)."""
+    lines = [
+        "name: landmark",
+        "",
+        "conda_env: conda.yaml",
+        "",
+        "# Generated from landmark/config.py by `python -m landmark.config > MLproject`.",
+        "entry_points:",
+    ]
+    for name, classes in ENTRY_POINTS.items():
+        fields = [f for cls in classes for f in dataclasses.fields(cls)]
+        lines += [f"  {name}:", "    parameters:"]
+        for f in fields:
+            kind = "string" if str(f.type) in {"str", "bool"} else "float"
+            default = f'"{f.default}"' if isinstance(f.default, str) else f"{f.default}"
+            if isinstance(f.default, bool):
+                default = f'"{str(f.default).lower()}"'
+            lines.append(f"      {f.name}: {{type: {kind}, default: {default}}}")
+        words = [f"python pipelines/{name}.py"]
+        words += [f"--{f.name.replace('_', '-')} {{{f.name}}}" for f in fields]
+        lines += ["    command: >-", *_wrap(words, indent=6, width=100), ""]
+    return "\n".join(lines)
+
+
+def _wrap(words: list[str], indent: int, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in words:
+        if line and indent + len(line) + 1 + len(word) > width:
+            lines.append(" " * indent + line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, " " * indent + line]
+
+
 def _field_type(f: dataclasses.Field) -> type:
     # Annotations are strings because of `from __future__ import annotations`.
     types = {"str": str, "int": _parse_int, "float": float, "bool": _parse_bool}
@@ -150,3 +219,7 @@ def _parse_bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+if __name__ == "__main__":
+    print(mlproject(), end="")

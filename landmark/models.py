@@ -115,6 +115,15 @@ class LandmarkCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def classifier(num_features: int, num_classes: int, head_size: int = 0) -> nn.Module:
+    """A new head: one linear layer, or with `head_size` hidden units a two-layer MLP."""
+    if head_size <= 0:
+        return nn.Linear(num_features, num_classes)
+    return nn.Sequential(
+        nn.Linear(num_features, head_size), nn.GELU(), nn.Linear(head_size, num_classes)
+    )
+
+
 class LiteClassifier(efficientnet_lite.EfficientNetLite):
     """EfficientNet-Lite taking uint8 images, optionally with its ImageNet weights."""
 
@@ -124,12 +133,15 @@ class LiteClassifier(efficientnet_lite.EfficientNetLite):
         variant: str = "efficientnet_lite0",
         pretrained: bool = True,
         dropout: float = 0.2,
+        head_size: int = 0,
     ) -> None:
         super().__init__(num_classes, variant, dropout=dropout)
         self.preprocessing = efficientnet_lite.preprocessing(variant)
         self.normalize = Normalize(self.preprocessing)
         if pretrained:
             efficientnet_lite.load_imagenet_weights(self)
+        if head_size:
+            self.classifier = classifier(self.classifier.in_features, num_classes, head_size)
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, *self.blocks, self.head]
@@ -144,7 +156,12 @@ class TorchvisionClassifier(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, arch: str, weights: str | None = "DEFAULT", dropout: float = 0.2
+        self,
+        num_classes: int,
+        arch: str,
+        weights: str | None = "DEFAULT",
+        dropout: float = 0.2,
+        head_size: int = 0,
     ) -> None:
         super().__init__()
         enum = torchvision.models.get_model_weights(arch)
@@ -160,7 +177,7 @@ class TorchvisionClassifier(nn.Module):
         self.normalize = Normalize(self.preprocessing)
         self.num_features = _strip_classifier(self.backbone)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.classifier = classifier(self.num_features, num_classes, head_size)
 
     def stages(self) -> list[nn.Module]:
         net = self.backbone

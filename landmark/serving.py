@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from landmark import export, images
 
@@ -43,7 +44,7 @@ class Predictor:
             img = images.load_rgb(photo, draft_size=self.resize_size)
         except images.BadImageError as e:
             raise BadRequestError(f"row {row}: {e}") from e
-        tensor = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.array(central(img), dtype=np.uint8)).permute(2, 0, 1)
         with torch.inference_mode():
             return self.module(tensor).numpy()
 
@@ -75,3 +76,20 @@ class Predictor:
             "location": self.locations.get(best["label"]),
             "top_k": ranked,
         }
+
+
+def central(img: Image.Image, margin: float = 4.0) -> Image.Image:
+    """The middle of a very elongated photo (over 4:1): what the centre crop sees, and more.
+
+    A 20,000 x 60 px panorama would otherwise be resized at full width (its short side
+    scaled up to the model's size) only to have all but the middle cropped away.
+    """
+    width, height = img.size
+    keep = int(min(width, height) * margin)
+    if width > keep:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    if height > keep:
+        top = (height - keep) // 2
+        return img.crop((0, top, width, top + keep))
+    return img

@@ -7,22 +7,41 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
+import getpass
 import io
 import logging
 import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from landmark import data, evaluation, export, models, plots, tracking, training, transfer
+from landmark import (
+    data,
+    evaluation,
+    export,
+    models,
+    plots,
+    promotion,
+    tracking,
+    training,
+    transfer,
+    tuning,
+)
 from landmark.config import (
     DataConfig,
+    PromoteConfig,
     ScratchConfig,
     ScratchTrainConfig,
+    ScratchTuneConfig,
     TrainConfig,
     TransferConfig,
+    TuneConfig,
     to_dict,
 )
 from landmark.preprocessing import eval_transform, train_transform
@@ -54,61 +73,171 @@ def prepare(cfg: DataConfig) -> data.LandmarkData:
     return dataset
 
 
-def train_transfer(data_cfg: DataConfig, cfg: TransferConfig, train_cfg: TrainConfig) -> dict:
-    """Fine-tune a pretrained backbone; evaluate on test, export and log the model.
+def train_transfer(
+    data_cfg: DataConfig, cfg: TransferConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig
+) -> dict:
+    """Tune, then fine-tune a pretrained backbone; evaluate on test, export and log the model.
 
     Our EfficientNet-Lite models train on cached activations of their frozen stages
-    (`transfer`); torchvision backbones train end to end with their lower stages frozen.
+    (`transfer`), computed once per run and shared by every trial; torchvision backbones train
+    end to end with their lower stages frozen.
     """
     if cfg.mode not in {"frozen", "finetune"}:
         raise ValueError(f"mode must be 'frozen' or 'finetune', got {cfg.mode!r}")
-    trainable = 0 if cfg.mode == "frozen" else cfg.trainable_blocks
     with tracking.start_run("train_transfer") as run_id:
-        tracking.log_params(to_dict(data_cfg, cfg, train_cfg))
+        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg))
         dataset, train_rows, val_rows = _load(data_cfg)
-        training.seed_everything(data_cfg.seed)
-        kwargs = {"dropout": cfg.dropout}
-        if cfg.arch not in models.efficientnet_lite.VARIANTS:
-            kwargs["weights"] = cfg.weights or None
-        model = models.build_model(cfg.arch, dataset.num_classes, **kwargs)
-        if isinstance(model, models.TorchvisionClassifier):
-            models.freeze(model, trainable)
-            net, train_loader, val_loader = (
-                model,
-                *_image_loaders(model, dataset, train_rows, val_rows, train_cfg),
-            )
-        else:
-            net, train_loader, val_loader = transfer.build_cached_loaders(
-                model, dataset, train_rows, val_rows, trainable, train_cfg.augment, cfg.views,
-                train_cfg.batch_size,
-            )  # fmt: skip
+        build = _transfer_builder(data_cfg, cfg, train_cfg, dataset, train_rows, val_rows)
+        max_blocks = 0 if cfg.mode == "frozen" else cfg.trainable_blocks
+        space = tuning.transfer_space(max_blocks)
+        study = f"train_transfer-{cfg.arch}-{dataset.fingerprint[:12]}"
+        cfg, train_cfg = _tune(study, space, build, cfg, train_cfg, tune_cfg, data_cfg.seed)
+        model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.model_metadata(model, dataset, cfg.arch)
         result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata)
         return _finish(model, cfg.arch, dataset, val_rows, result, train_cfg)
 
 
-def train_scratch(data_cfg: DataConfig, cfg: ScratchConfig, train_cfg: ScratchTrainConfig) -> dict:
-    """Train `LandmarkCNN` from scratch; evaluate on test, export and log the model."""
+def train_scratch(
+    data_cfg: DataConfig, cfg: ScratchConfig, train_cfg: ScratchTrainConfig, tune_cfg: TuneConfig
+) -> dict:
+    """Tune, then train `LandmarkCNN` from scratch; evaluate on test, export and log the model."""
     with tracking.start_run("train_scratch") as run_id:
-        tracking.log_params(to_dict(data_cfg, cfg, train_cfg))
+        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg))
         dataset, train_rows, val_rows = _load(data_cfg)
-        training.seed_everything(data_cfg.seed)
-        model = models.build_model("landmark_cnn", dataset.num_classes, **dataclasses.asdict(cfg))
-        model = model.to(memory_format=torch.channels_last)
-        train_loader, val_loader = _image_loaders(model, dataset, train_rows, val_rows, train_cfg)
+
+        def build(cfg: ScratchConfig, train_cfg: TrainConfig) -> tuple:
+            training.seed_everything(data_cfg.seed)
+            model = models.build_model("landmark_cnn", dataset.num_classes, **asdict(cfg))
+            model = model.to(memory_format=torch.channels_last)
+            return model, model, *_image_loaders(model, dataset, train_rows, val_rows, train_cfg)
+
+        study = f"train_scratch-{dataset.fingerprint[:12]}"
+        space = tuning.scratch_space
+        cfg, train_cfg = _tune(study, space, build, cfg, train_cfg, tune_cfg, data_cfg.seed)
+        model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.model_metadata(model, dataset, "landmark_cnn")
-        result = _fit(model, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata)
+        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata)
         return _finish(model, "landmark_cnn", dataset, val_rows, result, train_cfg)
 
 
-def main(cfg: DataConfig) -> None:
-    """The whole workflow under one parent run; each step is a nested run.
+# build(model_cfg, train_cfg) -> (model, trained module, train loader, val loader)
+Builder = Callable[[Any, TrainConfig], tuple]
 
-    Today: `prepare`. Training, tuning and promotion steps join here as they land.
+
+def _transfer_builder(data_cfg, cfg, train_cfg, dataset, train_rows, val_rows) -> Builder:
+    """A `Builder` for transfer models. For EfficientNet-Lite, activations are cached now (so
+    the study's timeout is spent on trials) at the lowest stage any trial may train, and
+    advanced from there for trials that train fewer stages."""
+    caches: dict[int, transfer.ActivationCache] = {}
+
+    def new_model(cfg: TransferConfig) -> nn.Module:
+        training.seed_everything(data_cfg.seed)
+        kwargs = {"dropout": cfg.dropout, "head_size": cfg.head_size}
+        if cfg.arch not in models.efficientnet_lite.VARIANTS:
+            kwargs["weights"] = cfg.weights or None
+        return models.build_model(cfg.arch, dataset.num_classes, **kwargs)
+
+    if cfg.arch in models.efficientnet_lite.VARIANTS:
+        model = new_model(cfg)
+        lowest = len(model.stages()) - (0 if cfg.mode == "frozen" else cfg.trainable_blocks)
+        caches[lowest] = transfer.cache_views(
+            model, dataset, train_rows, val_rows, lowest, train_cfg.augment, cfg.views
+        )
+
+    def build(cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
+        model = new_model(cfg)
+        trainable = 0 if cfg.mode == "frozen" else cfg.trainable_blocks
+        if isinstance(model, models.TorchvisionClassifier):
+            models.freeze(model, trainable)
+            return model, model, *_image_loaders(model, dataset, train_rows, val_rows, train_cfg)
+        start = len(model.stages()) - trainable
+        if start not in caches:
+            caches[start] = transfer.advance(caches[min(caches)], model, start)
+        models.freeze(model, trainable)
+        net = transfer.Suffix(model, start)
+        return model, net, *caches[start].loaders(train_cfg.batch_size)
+
+    return build
+
+
+def _tune(study_name, space, build: Builder, cfg, train_cfg, tune_cfg, seed) -> tuple:
+    """Run the study (when `tune_cfg.n_trials` > 0); return the configs with the best choices.
+
+    Trials train for `tune_cfg.trial_epochs` epochs and are judged on validation accuracy.
     """
-    with tracking.start_run("main"):
+    if tune_cfg.n_trials <= 0:
+        return cfg, train_cfg
+    name = tune_cfg.study_name or study_name
+    defaults = tuning.choices(space, to_dict(cfg, train_cfg))
+
+    def run_trial(params: dict, on_epoch_end) -> training.FitResult:
+        trial_cfg, trial_train_cfg = _apply(params, cfg, train_cfg)
+        trial_train_cfg = dataclasses.replace(
+            trial_train_cfg, epochs=tune_cfg.trial_epochs, resume=""
+        )
+        _, net, train_loader, val_loader = build(trial_cfg, trial_train_cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            return training.fit(
+                net, train_loader, val_loader, trial_train_cfg, seed, Path(tmp),
+                on_epoch_end=on_epoch_end,
+            )  # fmt: skip
+
+    study = tuning.tune(name, space, run_trial, tune_cfg, seed, defaults)
+    best = tuning.log_study(study)["best_params"]
+    return _apply(best, cfg, train_cfg)
+
+
+def _apply(params: dict, *configs) -> tuple:
+    """Each config with the fields named in `params` replaced."""
+    out = []
+    for cfg in configs:
+        names = {f.name for f in dataclasses.fields(cfg)}
+        out.append(dataclasses.replace(cfg, **{k: v for k, v in params.items() if k in names}))
+    return tuple(out)
+
+
+def promote(cfg: PromoteConfig) -> promotion.Decision:
+    """Move the `champion` alias to the best version (or roll back); record why on the version."""
+    with tracking.start_run("promote"):
         tracking.log_params(to_dict(cfg))
-        prepare(cfg)
+        versions = tracking.model_versions()
+        if cfg.rollback:
+            decision = promotion.rollback(versions)
+        else:
+            decision = promotion.decide(versions, cfg.metric, cfg.version, cfg.force)
+        if decision.promote:
+            old = next((v for v in versions if promotion.CHAMPION in v["aliases"]), None)
+            tracking.set_alias(promotion.CHAMPION, decision.version)
+            if old is not None:
+                tracking.set_alias(promotion.PREVIOUS, old["version"])
+            when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            who = getpass.getuser()
+            tracking.record_on_version(
+                decision.version,
+                {"promoted_at": when, "promoted_by": who, "promotion_reason": decision.reason},
+                f"{when} champion (by {who}): {decision.reason}",
+            )
+        tracking.set_tags({"promotion": decision.reason})
+        tracking.log_params({"promoted": decision.promote, "promoted_version": decision.version})
+        log.info("%s: %s", "Promoted" if decision.promote else "Not promoted", decision.reason)
+        return decision
+
+
+def main(
+    data_cfg: DataConfig,
+    promote_cfg: PromoteConfig,
+    transfer_cfgs: tuple = (TransferConfig(), TrainConfig(), TuneConfig()),
+    scratch_cfgs: tuple = (ScratchConfig(), ScratchTrainConfig(), ScratchTuneConfig()),
+) -> None:
+    """The whole workflow under one parent run, each step a nested run:
+    prepare -> train_transfer -> train_scratch -> promote."""
+    with tracking.start_run("main"):
+        tracking.log_params(to_dict(data_cfg, promote_cfg))
+        prepare(data_cfg)
+        train_transfer(data_cfg, *transfer_cfgs)
+        train_scratch(data_cfg, *scratch_cfgs)
+        promote(promote_cfg)
 
 
 def _load(cfg: DataConfig) -> tuple[data.LandmarkData, np.ndarray, np.ndarray]:
@@ -172,8 +301,22 @@ def _finish(
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt")
         model_uri = tracking.log_model(path, metadata, example)
-    log.info("Test: %s; model %s", _format(report.metrics), model_uri)
-    return {"metrics": report.metrics, "model_uri": model_uri, "threshold": threshold}
+    version = tracking.register_model(
+        model_uri,
+        {
+            "arch": arch,
+            "data_fingerprint": dataset.fingerprint,
+            "run_id": tracking.active_run_id(),
+            **report.metrics,
+        },
+    )
+    log.info("Test: %s; model %s, version %s", _format(report.metrics), model_uri, version)
+    return {
+        "metrics": report.metrics,
+        "model_uri": model_uri,
+        "threshold": threshold,
+        "version": version,
+    }
 
 
 def _probabilities(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,17 @@ def log_dataset(source: str, name: str, fingerprint: str, context: str = "traini
     mlflow.log_input(dataset, context=context)
 
 
+def store_dir() -> Path:
+    """The folder of the local tracking store (`mlflow.db`'s folder), else the working folder.
+
+    Local companions of the store (the Optuna journal) live here.
+    """
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    return Path.cwd()
+
+
 def active_run_id() -> str | None:
     run = mlflow.active_run()
     return run.info.run_id if run else None
@@ -220,3 +231,55 @@ def load_pyfunc(model_uri: str) -> Any:
 
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+# --- Model registry -------------------------------------------------------------------------
+
+REGISTERED_MODEL = "landmark-classifier"
+
+
+def register_model(model_uri: str, tags: dict[str, Any], name: str = REGISTERED_MODEL) -> str:
+    """Make the logged model a new version of the registered model `name`; return the version."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        version = mlflow.register_model(model_uri, name).version
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    log.info("Registered %s as %s version %s", model_uri, name, version)
+    return str(version)
+
+
+def model_versions(name: str = REGISTERED_MODEL) -> list[dict[str, Any]]:
+    """Every version of `name` (oldest first): version, run_id, tags, aliases, description."""
+    client = mlflow.MlflowClient()
+    try:
+        aliases = client.get_registered_model(name).aliases  # search results lack them
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code):
+            return []
+        raise
+    versions = [
+        {
+            "version": str(v.version),
+            "run_id": v.run_id,
+            "tags": dict(v.tags),
+            "aliases": [a for a, number in aliases.items() if str(number) == str(v.version)],
+            "description": v.description or "",
+        }
+        for v in client.search_model_versions(f"name = '{name}'")
+    ]
+    return sorted(versions, key=lambda v: int(v["version"]))
+
+
+def set_alias(alias: str, version: str, name: str = REGISTERED_MODEL) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def record_on_version(version: str, tags: dict[str, str], note: str, name: str = REGISTERED_MODEL):
+    """Tag a model version and append `note` as a line of its description (its history)."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    old = client.get_model_version(name, version).description or ""
+    client.update_model_version(name, version, description=(old + "\n" + note).strip())

@@ -9,11 +9,14 @@ seconds; with a few stages it is still several times faster than running the who
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from landmark import data, models
@@ -97,22 +100,37 @@ class CachedViews(torch.utils.data.Dataset):
         return self.views[view, i], int(self.labels[i])
 
 
-def build_cached_loaders(
+@dataclass
+class ActivationCache:
+    """Activations at the input of backbone stage `start`, for training views and validation."""
+
+    start: int
+    train: torch.Tensor  # (V, N, ...) bf16: view 0 is the centre crop, the rest augmented
+    val: torch.Tensor  # (M, ...) bf16, centre crops
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+
+    def loaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:
+        """Training loader (a random view of each photo per epoch) and validation loader."""
+        train_set = CachedViews(self.train, self.train_labels)
+        val_set = CachedViews(self.val[None], self.val_labels)
+        return (
+            data.make_loader(train_set, batch_size, train=True, num_workers=0),
+            data.make_loader(val_set, 256, train=False, num_workers=0),
+        )
+
+
+def cache_views(
     model: nn.Module,
     dataset: data.LandmarkData,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    trainable_stages: int,
+    start: int,
     augment: float,
     views: int,
-    batch_size: int,
-) -> tuple[nn.Module, torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
-    """Freeze the model's lower stages, cache their outputs, and return (suffix, loaders).
-
-    The training set has a centre view plus `views` augmented views of every photo.
-    """
-    start = len(model.stages()) - trainable_stages
-    models.freeze(model, trainable_stages)
+) -> ActivationCache:
+    """Run the model's stages before `start` once over a centre view and `views` augmented
+    views of every training photo and over the validation photos; keep the outputs."""
     body = prefix(model, start)
     pre = model.preprocessing
     centre = eval_transform(pre)
@@ -125,11 +143,53 @@ def build_cached_loaders(
             )
         )  # fmt: skip
     val = cache_activations(body, dataset.train, val_rows, centre, desc="val")
-    train_set = CachedViews(torch.stack(train_views), dataset.train.labels[train_rows])
-    val_set = CachedViews(val[None], dataset.train.labels[val_rows])
     log.info("Cached %s activations of %d views", tuple(val.shape[1:]), views + 1)
-    return (
-        Suffix(model, start),
-        data.make_loader(train_set, batch_size, train=True, num_workers=0),
-        data.make_loader(val_set, 256, train=False, num_workers=0),
-    )
+    labels = dataset.train.labels
+    train = torch.stack(train_views)
+    return ActivationCache(start, train, val, labels[train_rows], labels[val_rows])
+
+
+@torch.inference_mode()
+def advance(cache: ActivationCache, model: nn.Module, start: int) -> ActivationCache:
+    """The same cache one or more stages further up: runs stages `cache.start..start-1` once."""
+    if start < cache.start:
+        raise ValueError(f"cannot go back from stage {cache.start} to stage {start}")
+    if start == cache.start:
+        return cache
+    stages = model.stages()
+    body = nn.Sequential(*stages[cache.start : start])
+    if start == len(stages):
+        body = nn.Sequential(body, _GlobalPool())
+    body = models.fuse_for_inference(body)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        chunks = [body(chunk.float()).to(torch.bfloat16) for chunk in x.split(256)]
+        return torch.cat(chunks)
+
+    train = torch.stack([run(view) for view in cache.train])
+    return dataclasses.replace(cache, start=start, train=train, val=run(cache.val))
+
+
+class _GlobalPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def build_cached_loaders(
+    model: nn.Module,
+    dataset: data.LandmarkData,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    trainable_stages: int,
+    augment: float,
+    views: int,
+    batch_size: int,
+) -> tuple[nn.Module, DataLoader, DataLoader]:
+    """Freeze the model's lower stages, cache their outputs, and return (suffix, loaders).
+
+    The training set has a centre view plus `views` augmented views of every photo.
+    """
+    start = len(model.stages()) - trainable_stages
+    models.freeze(model, trainable_stages)
+    cache = cache_views(model, dataset, train_rows, val_rows, start, augment, views)
+    return (Suffix(model, start), *cache.loaders(batch_size))

@@ -7,8 +7,7 @@ from landmark import cli, steps
 
 def main(argv: list[str] | None = None) -> None:
     cli.setup_logging()
-    (data_cfg,) = cli.parse_entry_point("main", argv)
-    steps.main(data_cfg)
+    steps.main(*cli.parse_entry_point("main", argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from landmark.config import ENTRY_POINTS
+from landmark.config import ENTRY_POINTS, mlproject
 
 REPO = Path(__file__).resolve().parents[1]
 MLPROJECT = yaml.safe_load((REPO / "MLproject").read_text())
@@ -30,7 +30,9 @@ def test_mlproject_parameters_are_the_config_fields(entry_point):
     for f in fields:
         param = spec["parameters"][f.name]
         assert param["type"] == MLFLOW_TYPES[str(f.type)], f.name
-        if isinstance(f.default, str):
+        if isinstance(f.default, bool):
+            assert param["default"] == str(f.default).lower(), f.name
+        elif isinstance(f.default, str):
             assert param["default"] == f.default, f.name
         else:
             assert float(param["default"]) == float(f.default), f.name
@@ -65,3 +67,7 @@ def test_readme_documents_every_entry_point_and_parameter():
         for cls in classes:
             for f in dataclasses.fields(cls):
                 assert f"`{f.name}`" in readme, f"README does not describe parameter {f.name}"
+
+
+def test_mlproject_is_generated_from_the_config():
+    assert (REPO / "MLproject").read_text() == mlproject(), "run: python -m landmark.config"

@@ -112,3 +112,12 @@ def test_pyfunc_names_the_bad_row(exported, tracking_uri):
     pyfunc = mlflow.pyfunc.load_model(uri)
     with pytest.raises(MlflowException, match="row 1: not an image"):
         pyfunc.predict(pd.DataFrame({"image": [photo_bytes(), b"hello world"]}))
+
+
+def test_predictor_crops_a_panorama_without_changing_the_answer(exported):
+    """Only the middle of a 2,000 x 60 photo reaches the model; cropping it first is exact."""
+    pano = photo_bytes(size=(2000, 60), seed=5)
+    module, _ = export.load_torchscript(exported)
+    rgb = np.array(Image.open(io.BytesIO(pano)).convert("RGB"))
+    full = module(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
+    np.testing.assert_allclose(Predictor.load(exported).probabilities(pano), full, atol=1e-3)

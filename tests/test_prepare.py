@@ -66,7 +66,8 @@ def test_prepare_logs_summary_and_pictures(data_cfg, tracking_uri, tmp_path):
 
 
 def test_mlflow_run_main_on_a_zip(dataset_dir, tmp_path):
-    """`mlflow run . -e main --env-manager local` end to end: a parent run with `prepare` nested."""
+    """`mlflow run . -e main --env-manager local` end to end with default parameters: prepare,
+    both training steps with their studies, promote, all nested under one parent run."""
     archive = make_zip(dataset_dir, tmp_path / "landmark_images.zip", prefix="landmark_images")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {
@@ -95,10 +96,18 @@ def test_mlflow_run_main_on_a_zip(dataset_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
-    by_step = {r.data.tags["landmark.step"]: r for r in runs}
-    assert set(by_step) == {"main", "prepare"}
-    assert by_step["prepare"].data.tags["mlflow.parentRunId"] == by_step["main"].info.run_id
+    by_step = {r.data.tags["landmark.step"]: r for r in runs if "optuna.trial" not in r.data.tags}
+    assert set(by_step) == {"main", "prepare", "train_transfer", "train_scratch", "promote"}
+    main_id = by_step["main"].info.run_id
+    for step in ("prepare", "train_transfer", "train_scratch", "promote"):
+        assert by_step[step].data.tags["mlflow.parentRunId"] == main_id, step
+    trials = [r for r in runs if "optuna.trial" in r.data.tags]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in trials}
+    assert parents == {by_step["train_transfer"].info.run_id, by_step["train_scratch"].info.run_id}
     check_prepare_run(client, by_step["prepare"].info.run_id, tmp_path)
+    model = client.get_registered_model("landmark-classifier")
+    assert len(client.search_model_versions("name = 'landmark-classifier'")) == 2
+    assert "champion" in model.aliases
 
 
 @pytest.mark.shared_data

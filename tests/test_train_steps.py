@@ -9,20 +9,28 @@ from conftest import photo_bytes
 from mlflow.tracking import MlflowClient
 
 from landmark import steps
-from landmark.config import ScratchConfig, ScratchTrainConfig, TrainConfig, TransferConfig
+from landmark.config import (
+    ScratchConfig,
+    ScratchTrainConfig,
+    TrainConfig,
+    TransferConfig,
+    TuneConfig,
+)
 
 FAST = {"epochs": 2, "batch_size": 8, "num_workers": 0}
+NO_TUNING = TuneConfig(n_trials=0)
 
 
 @pytest.fixture
 def runs(data_cfg, tracking_uri):
     transfer = steps.train_transfer(
-        data_cfg, TransferConfig(trainable_blocks=2, views=1), TrainConfig(**FAST)
+        data_cfg, TransferConfig(trainable_blocks=2, views=1), TrainConfig(**FAST), NO_TUNING
     )
     scratch = steps.train_scratch(
         data_cfg,
         ScratchConfig(image_size=48, width=8, depth=2, blocks=1),
         ScratchTrainConfig(**FAST),
+        NO_TUNING,
     )
     client = MlflowClient(tracking_uri)
     found = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
@@ -65,6 +73,7 @@ def test_torchvision_backbone_trains_end_to_end_with_frozen_stages(data_cfg, tra
         data_cfg,
         TransferConfig(arch="resnet50", weights="", trainable_blocks=1),
         TrainConfig(epochs=1, batch_size=8, num_workers=0),
+        NO_TUNING,
     )
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])

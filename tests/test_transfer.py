@@ -1,0 +1,49 @@
+"""Cached activations: advancing a cache by frozen stages equals caching there directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from landmark import data, models, transfer
+from landmark.preprocessing import eval_transform
+
+
+@pytest.fixture(scope="module")
+def lite():
+    torch.manual_seed(0)
+    return models.build_model("efficientnet_lite0", 3, pretrained=False, head_size=16).eval()
+
+
+def test_advanced_cache_equals_a_cache_made_there(lite, data_cfg):
+    dataset = data.load_data(data_cfg)
+    rows = torch.arange(len(dataset.train.labels)).numpy()
+    train, val = rows[:12], rows[12:16]
+    n = len(lite.stages())
+    low = transfer.cache_views(lite, dataset, train, val, n - 3, augment=0.5, views=1)
+    for start in (n - 1, n):  # one stage left, and pooled features
+        direct = transfer.cache_views(lite, dataset, train, val, start, augment=0.5, views=0)
+        advanced = transfer.advance(low, lite, start)
+        assert advanced.start == start and advanced.train.shape[0] == 2
+        # view 0 is the centre crop; bf16 storage limits the agreement
+        torch.testing.assert_close(
+            advanced.train[0].float(), direct.train[0].float(), atol=0.1, rtol=0.05
+        )
+        torch.testing.assert_close(advanced.val.float(), direct.val.float(), atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="cannot go back"):
+        transfer.advance(transfer.advance(low, lite, n), lite, n - 1)
+
+
+def test_suffix_on_cached_activations_equals_the_whole_model(lite, data_cfg):
+    dataset = data.load_data(data_cfg)
+    rows = torch.arange(8).numpy()
+    start = len(lite.stages()) - 2
+    cache = transfer.cache_views(lite, dataset, rows, rows, start, augment=0.0, views=0)
+    suffix = transfer.Suffix(lite, start).eval()
+    _, val_loader = cache.loaders(batch_size=4)
+    images = torch.from_numpy(np.array(dataset.train.images[rows])).permute(0, 3, 1, 2)
+    whole = lite(eval_transform(lite.preprocessing)(images))
+    cached = torch.cat([suffix(x) for x, _ in val_loader])
+    torch.testing.assert_close(cached, whole, atol=0.15, rtol=0.05)
+    assert isinstance(lite.classifier, torch.nn.Sequential)  # head_size 16: a two-layer head
