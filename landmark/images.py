@@ -94,3 +94,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+GPS_IFD = 0x8825
+
+
+def gps_coordinates(data: bytes) -> tuple[float, float] | None:
+    """The (latitude, longitude) in a photo's EXIF GPS tags, in decimal degrees; None if absent
+    or unreadable."""
+    try:
+        gps = Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD)
+        lat, lon = _degrees(gps[2], gps[1]), _degrees(gps[4], gps[3])
+    except Exception:  # no EXIF, no GPS block, malformed values: all mean "no coordinates"
+        return None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return lat, lon
+
+
+def _degrees(dms, ref: str) -> float:
+    degrees, minutes, seconds = (float(x) for x in dms)
+    value = degrees + minutes / 60 + seconds / 3600
+    return -value if str(ref).strip().upper() in {"S", "W"} else value

@@ -17,6 +17,10 @@ from PIL import Image
 from landmark import export, images
 
 DEFAULT_TOP_K = 5
+# The answer for a bad photo when errors are reported (same fields as a real answer).
+NO_ANSWER = {
+    "label": None, "name": None, "probability": None, "known": False, "location": None, "top_k": []
+}  # fmt: skip
 
 
 class BadRequestError(ValueError):
@@ -49,17 +53,36 @@ class Predictor:
             return self.module(tensor).numpy()
 
     def predict(
-        self, photos: list[bytes], top_k: int = DEFAULT_TOP_K, threshold: float | None = None
+        self,
+        photos: list[bytes],
+        top_k: int = DEFAULT_TOP_K,
+        threshold: float | None = None,
+        errors: str = "raise",
     ) -> list[dict[str, Any]]:
-        """One answer per photo: `top_k`, `label`, `name`, `probability`, `location`, `known`."""
+        """One answer per photo: `top_k`, `label`, `name`, `probability`, `location`, `known`.
+
+        A bad photo raises `BadRequestError` naming its row; with `errors="report"` its answer
+        is `{"error": reason}` instead and every answer has an `error` field (batch jobs).
+        """
         if top_k < 1:
             raise BadRequestError(f"top_k must be at least 1, got {top_k}")
+        if errors not in {"raise", "report"}:
+            raise BadRequestError(f"errors must be 'raise' or 'report', got {errors!r}")
         top_k = min(top_k, len(self.folders))
         threshold = self.threshold if threshold is None else float(threshold)
-        return [
-            self.describe(self.probabilities(photo, row), top_k, threshold)
-            for row, photo in enumerate(photos)
-        ]
+        answers = []
+        for row, photo in enumerate(photos):
+            try:
+                answer = self.describe(self.probabilities(photo, row), top_k, threshold)
+            except BadRequestError as e:
+                if errors == "raise":
+                    raise
+                answer = {**NO_ANSWER, "error": str(e).removeprefix(f"row {row}: ")}
+            else:
+                if errors == "report":
+                    answer["error"] = None
+            answers.append(answer)
+        return answers
 
     def describe(self, probs: np.ndarray, top_k: int, threshold: float) -> dict[str, Any]:
         order = np.argsort(-probs)[:top_k]

@@ -148,7 +148,10 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
         try:
             photos = _photo_column(model_input)
             return self.predictor.predict(
-                photos, int(params.get("top_k", DEFAULT_TOP_K)), params.get("threshold")
+                photos,
+                int(params.get("top_k", DEFAULT_TOP_K)),
+                params.get("threshold"),
+                params.get("errors", "raise"),
             )
         except BadRequestError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
@@ -182,6 +185,7 @@ def log_model(torchscript_path: Path, metadata: dict[str, Any], example_photo: b
             [
                 ParamSpec("top_k", "long", min(5, len(metadata["class_folders"]))),
                 ParamSpec("threshold", "double", float(metadata.get("threshold", 0.5))),
+                ParamSpec("errors", "string", "raise"),  # "report": bad photos answer an error
             ]
         ),
     )
@@ -283,3 +287,31 @@ def record_on_version(version: str, tags: dict[str, str], note: str, name: str =
         client.set_model_version_tag(name, version, key, value)
     old = client.get_model_version(name, version).description or ""
     client.update_model_version(name, version, description=(old + "\n" + note).strip())
+
+
+def fetch_model(model_uri: str, dst: Path) -> tuple[Path, dict[str, Any]]:
+    """Download a logged landmark model into `dst`; return its TorchScript file and what the
+    registry says about it (`name`, `version`, `aliases`, the training run's `data`)."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
+    torchscript = next(local.rglob("*.pt"), None)
+    if torchscript is None:
+        raise ValueError(f"{model_uri} is not a landmark model (no TorchScript file inside)")
+    info: dict[str, Any] = {"uri": model_uri}
+    ref = model_uri.removeprefix("models:/")
+    name, alias = ref.split("@", 1) if "@" in ref else (ref.rsplit("/", 1) + [""])[:2]
+    if model_uri.startswith("models:/") and alias:
+        client = mlflow.MlflowClient()
+        if "@" in ref:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            version = client.get_model_version(name, alias)
+        info.update(name=name, version=str(version.version), aliases=list(version.aliases))
+        info["data"] = client.get_run(version.run_id).data.params.get("data", "")
+    return torchscript, info
+
+
+def spark_udf(spark: Any, model_uri: str, result_type: Any, params: dict[str, Any]) -> Any:
+    """`mlflow.pyfunc.spark_udf` for a landmark model, run in this Python environment."""
+    return mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=result_type, env_manager="local", params=params
+    )

@@ -154,3 +154,34 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts go to ./mlruns of the temporary folder
     return uri
+
+
+def train_tiny_champion(tmp: Path) -> str:
+    """A `landmark-classifier` champion trained on a tiny colour data set in `tmp`; returns its
+    tracking URI (sqlite, artifacts in `tmp/mlruns`). For app and tagger tests."""
+    import os
+
+    from landmark import steps
+    from landmark.config import PromoteConfig, ScratchConfig, ScratchTrainConfig, TuneConfig
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    saved_cwd, saved_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(tmp)  # the store's artifacts (./mlruns) stay in the temporary folder
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        data = make_dataset(tmp / "landmarks", train_per_class=10)
+        data_cfg = DataConfig(data=str(data), cache_dir=str(tmp / "cache"), cache_size=64)
+        steps.train_scratch(
+            data_cfg,
+            ScratchConfig(image_size=48, width=8, depth=2, blocks=1),
+            ScratchTrainConfig(epochs=8, batch_size=8, num_workers=0),
+            TuneConfig(n_trials=0),
+        )
+        steps.promote(PromoteConfig())
+    finally:
+        os.chdir(saved_cwd)
+        if saved_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
+    return uri

@@ -103,7 +103,7 @@ def test_pyfunc_gives_the_torchscript_predictions(exported, tracking_uri):
             assert got[folder] == pytest.approx(float(expected[c]), abs=1e-5)
     signature = mlflow.models.get_model_info(uri).signature
     assert signature.inputs.input_names() == ["image"]
-    assert {p.name for p in signature.params.params} == {"top_k", "threshold"}
+    assert {p.name for p in signature.params.params} == {"top_k", "threshold", "errors"}
 
 
 def test_pyfunc_names_the_bad_row(exported, tracking_uri):
@@ -121,3 +121,16 @@ def test_predictor_crops_a_panorama_without_changing_the_answer(exported):
     rgb = np.array(Image.open(io.BytesIO(pano)).convert("RGB"))
     full = module(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
     np.testing.assert_allclose(Predictor.load(exported).probabilities(pano), full, atol=1e-3)
+
+
+def test_pyfunc_can_report_bad_rows_instead_of_failing(exported, tracking_uri):
+    """Batch jobs (Spark) ask for `errors="report"`: one bad photo must not fail the batch."""
+    with tracking.start_run("export-test"):
+        uri = tracking.log_model(exported, METADATA, photo_bytes())
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    photos = pd.DataFrame({"image": [photo_bytes(), b"hello world", photo_bytes(size=(8, 8))]})
+    good, bad, tiny = pyfunc.predict(photos, params={"errors": "report"})
+    assert good["error"] is None and good["label"] in METADATA["class_folders"]
+    assert bad["error"] == "not an image file: starts with b'hello wo'"
+    assert bad["label"] is None and bad["known"] is False and bad["top_k"] == []
+    assert tiny["error"].startswith("too small: 8x8 px")

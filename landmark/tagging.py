@@ -1,0 +1,438 @@
+"""Tagging photo libraries: find photos, predict their landmark, write XMP sidecars and a report.
+
+Originals are only ever read. Per photo the tagger writes `<photo>.xmp` (keywords, GPS of the
+landmark; digiKam, darktable and Lightroom read it), one line of the JSONL report, and on
+request a link (or copy) in a per-landmark folder and a JPEG copy with GPS in its EXIF (the
+EXIF segment is spliced in; the compressed image data is copied byte for byte).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from landmark import images
+
+log = logging.getLogger(__name__)
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+MODEL_ATTRIBUTE = "landmark:Model"
+NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """What `landmark tag` does besides reading photos."""
+
+    report: Path = Path("landmark-report.jsonl")
+    organize: Path | None = None  # per-landmark folders of links (or copies)
+    copy: bool = False  # organize with copies instead of symbolic links
+    gps_copies: Path | None = None  # JPEG copies with the landmark's GPS written into EXIF
+    overwrite_gps: bool = False  # also tag photos whose EXIF already has GPS
+    top_k: int = 3
+
+
+def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Every photo (JPEG, PNG, WebP) below `paths`, sorted; and the folders that could not be
+    read, as report rows."""
+    found, problems = set(), []
+
+    def unreadable(error: OSError) -> None:
+        problems.append({"path": str(error.filename), "status": "error", "error": str(error)})
+
+    for path in paths:
+        if path.is_file():
+            found.add(path)
+            continue
+        if not path.exists():
+            problems.append({"path": str(path), "status": "error", "error": "does not exist"})
+        for folder, dirs, files in os.walk(path, onerror=unreadable):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in files:
+                if Path(name).suffix.lower() in PHOTO_SUFFIXES and not name.startswith("."):
+                    found.add(Path(folder) / name)
+    return sorted(found), problems
+
+
+def sidecar_path(photo: Path) -> Path:
+    """`photo.jpg` -> `photo.jpg.xmp`, the name digiKam and darktable look for."""
+    return photo.with_name(photo.name + ".xmp")
+
+
+def tagged_by(sidecar: Path) -> str | None:
+    """The model recorded in one of our sidecars; "" for someone else's sidecar; None if none."""
+    try:
+        text = sidecar.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:  # a folder of that name, no permission: not ours to touch either way
+        return ""
+    match = re.search(rf'{MODEL_ATTRIBUTE}="([^"]*)"', text)
+    return match[1] if match else ""
+
+
+def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
+    """XMP with the landmark as keywords, its country and its coordinates as the photo's GPS."""
+    location = answer["location"] or {}
+    name, country = answer["name"], location.get("country", "")
+    keywords = [name] + ([country] if country else [])
+    hierarchy = "|".join(["Places", country, name] if country else ["Places", name])
+    attributes = {
+        "landmark:Label": answer["label"],
+        "landmark:Probability": f"{answer['probability']:.4f}",
+        MODEL_ATTRIBUTE: model_id,
+    }
+    if location:
+        attributes["exif:GPSLatitude"] = _xmp_coordinate(location["latitude"], "NS")
+        attributes["exif:GPSLongitude"] = _xmp_coordinate(location["longitude"], "EW")
+        attributes["exif:GPSVersionID"] = "2.3.0.0"
+    if country:
+        attributes["photoshop:Country"] = country
+    attrs = "\n".join(f"    {k}={quoteattr(v)}" for k, v in attributes.items())
+    items = "".join(f"<rdf:li>{escape(k)}</rdf:li>" for k in keywords)
+    return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="landmark">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
+    xmlns:exif="http://ns.adobe.com/exif/1.0/"
+    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"
+    xmlns:landmark="{NAMESPACE}"
+{attrs}>
+   <dc:subject><rdf:Bag>{items}</rdf:Bag></dc:subject>
+   <lr:hierarchicalSubject><rdf:Bag><rdf:li>{escape(hierarchy)}</rdf:li></rdf:Bag></lr:hierarchicalSubject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>
+"""
+
+
+def _xmp_coordinate(value: float, hemispheres: str) -> str:
+    """XMP's GPS form "DDD,MM.mmmmmK" (degrees, decimal minutes, hemisphere)."""
+    hemisphere = hemispheres[0] if value >= 0 else hemispheres[1]
+    degrees = int(abs(value))
+    minutes = (abs(value) - degrees) * 60
+    return f"{degrees},{minutes:.5f}{hemisphere}"
+
+
+def jpeg_with_gps(jpeg: bytes, latitude: float, longitude: float) -> bytes:
+    """The same JPEG with GPS tags in its EXIF: only the EXIF segment changes; the other
+    segments and the compressed image data are copied byte for byte (no re-encoding)."""
+    if jpeg[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG file")
+    exif = Image.open(io.BytesIO(jpeg)).getexif()
+    gps = exif.get_ifd(images.GPS_IFD)
+    gps.clear()
+    gps.update(
+        {
+            0: b"\x02\x03\x00\x00",  # GPSVersionID 2.3
+            1: "N" if latitude >= 0 else "S",
+            2: _dms(latitude),
+            3: "E" if longitude >= 0 else "W",
+            4: _dms(longitude),
+        }
+    )
+    segments, data_start = _jpeg_segments(jpeg)
+    kept = [s for s in segments if not (s[1] == 0xE1 and s[0][4:10] == b"Exif\x00\x00")]
+    payload = exif.tobytes()  # b"Exif\0\0" + TIFF structure
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    head = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF's APP0, where readers expect it
+    before, after = [s[0] for s in kept[:head]], [s[0] for s in kept[head:]]
+    return b"\xff\xd8" + b"".join(before) + app1 + b"".join(after) + jpeg[data_start:]
+
+
+def _jpeg_segments(jpeg: bytes) -> tuple[list[tuple[bytes, int]], int]:
+    """The marker segments between SOI and the first scan, and where the scan starts."""
+    pos, segments = 2, []
+    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
+        marker = jpeg[pos + 1]
+        if marker == 0xDA:  # start of scan: compressed data follows
+            break
+        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        segments.append((jpeg[pos : pos + 2 + length], marker))
+        pos += 2 + length
+    return segments, pos
+
+
+def _dms(value: float) -> tuple[float, float, float]:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = round(((value - degrees) * 60 - minutes) * 60, 4)
+    return float(degrees), float(minutes), seconds
+
+
+def model_id_of(source: str, info: dict[str, Any], torchscript: Path) -> str:
+    """A stable name for the model, recorded in sidecars to make reruns resumable."""
+    if "version" in info:
+        return f"{info['name']}/{info['version']}"
+    digest = hashlib.sha256(torchscript.read_bytes()).hexdigest()[:12]
+    return f"{Path(source).name}@{digest}"
+
+
+class Tagger:
+    """Writes the outcome for each photo: sidecar, report line, organized link, GPS copy."""
+
+    def __init__(self, cfg: TagConfig, model_id: str) -> None:
+        self.cfg, self.model_id = cfg, model_id
+        self.counts: dict[str, int] = {}
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        self.report = cfg.report.open("a")
+
+    def close(self) -> None:
+        self.report.close()
+
+    def triage(self, photo: Path) -> tuple[dict[str, Any] | None, bytes | None]:
+        """(report row, None) when the photo needs no prediction, else (None, its bytes)."""
+        row = {"path": str(photo), "model": self.model_id}
+        sidecar = sidecar_path(photo)
+        owner = tagged_by(sidecar)
+        if owner == self.model_id:
+            return {**row, "status": "skipped", "sidecar": str(sidecar)}, None
+        if owner == "":
+            reason = f"{sidecar.name} exists and was not written by landmark: left alone"
+            return {**row, "status": "error", "error": reason}, None
+        try:
+            data = photo.read_bytes()
+        except OSError as e:  # vanished, permission denied, ...
+            return {**row, "status": "error", "error": f"{type(e).__name__}: {e.strerror}"}, None
+        gps = images.gps_coordinates(data)
+        if gps and not self.cfg.overwrite_gps:
+            return {**row, "status": "has_gps", "photo_gps": list(gps)}, None
+        return None, data
+
+    def record(self, photo: Path, data: bytes, answer: dict[str, Any]) -> dict[str, Any]:
+        """Act on one prediction and write its report line."""
+        row: dict[str, Any] = {"path": str(photo), "model": self.model_id}
+        if answer.get("error"):
+            return self.write({**row, "status": "error", "error": answer["error"]})
+        location = answer.get("location") or {}
+        row.update(
+            label=answer["label"],
+            name=answer["name"],
+            probability=round(float(answer["probability"]), 6),
+            top_k=[[t["name"], round(float(t["probability"]), 6)] for t in answer["top_k"]],
+            country=location.get("country"),
+            latitude=location.get("latitude"),
+            longitude=location.get("longitude"),
+        )
+        if not answer["known"]:
+            return self.write({**row, "status": "unsure"})
+        try:
+            sidecar = sidecar_path(photo)
+            _write_atomically(sidecar, xmp_sidecar(answer, self.model_id).encode())
+            row["sidecar"] = str(sidecar)
+            if self.cfg.organize:
+                row["organized"] = str(self._organize(photo, answer))
+            if self.cfg.gps_copies and location and data[:2] == b"\xff\xd8":
+                copy = self._unique(self.cfg.gps_copies / photo.name, photo)
+                _write_atomically(
+                    copy, jpeg_with_gps(data, location["latitude"], location["longitude"])
+                )
+                row["gps_copy"] = str(copy)
+        except OSError as e:
+            return self.write({**row, "status": "error", "error": f"cannot write: {e}"})
+        return self.write({**row, "status": "tagged"})
+
+    def write(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.report.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.report.flush()  # an interrupted run keeps every line written so far
+        self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+        return row
+
+    def _organize(self, photo: Path, answer: dict[str, Any]) -> Path:
+        country = (answer.get("location") or {}).get("country") or "Unknown country"
+        folder = self.cfg.organize / _safe(country) / _safe(answer["name"])
+        target = self._unique(folder / photo.name, photo)
+        if target.exists() or target.is_symlink():
+            return target  # the same photo, organized by an earlier run
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.cfg.copy:
+            shutil.copy2(photo, target)
+        else:
+            target.symlink_to(photo.resolve())
+        return target
+
+    @staticmethod
+    def _unique(target: Path, photo: Path) -> Path:
+        """`target`, or a name with a short hash of the photo's path when another photo of the
+        same name got there first."""
+        if not (target.exists() or target.is_symlink()):
+            return target
+        if target.is_symlink() and target.resolve() == photo.resolve():
+            return target
+        digest = hashlib.sha1(str(photo.resolve()).encode()).hexdigest()[:8]
+        return target.with_name(f"{target.stem}-{digest}{target.suffix}")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[/\\:\x00]", "_", name).strip() or "_"
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(content)
+    tmp.replace(path)
+
+
+def tag_local(
+    photos: list[Path], predictor: Any, tagger: Tagger, threshold: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Predict and record photos one by one in this process, with a progress bar."""
+    start = time.perf_counter()
+    bar = tqdm(photos, desc="tagging", unit="photo")
+    for i, photo in enumerate(bar, 1):
+        row, data = tagger.triage(photo)
+        if row is not None:
+            yield tagger.write(row)
+            continue
+        (answer,) = predictor.predict([data], tagger.cfg.top_k, threshold, errors="report")
+        yield tagger.record(photo, data, answer)
+        bar.set_postfix(photos_s=f"{i / (time.perf_counter() - start):.1f}")
+
+
+# Spark: the pyfunc's answers as a Spark struct (errors="report": bad photos carry `error`).
+# MLflow cannot convert a missing (None) nested struct, so `location` is looked up afterwards.
+SPARK_RESULT = (
+    "struct<label: string, name: string, probability: double, known: boolean, error: string,"
+    " top_k: array<struct<label: string, name: string, probability: double>>>"
+)
+
+
+def spark_answers(
+    source: list[str], model_uri: str, top_k: int, threshold: float | None, master: str
+) -> dict[str, dict[str, Any]]:
+    """Score photos with `mlflow.pyfunc.spark_udf` on Spark; {path: answer}.
+
+    `source` is a list of photo files (read as Spark's `binaryFile`), or one Parquet data set
+    with columns `path` and `content`.
+    """
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import _parse_datatype_string
+
+    from landmark import tracking
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers need our packages too
+    spark = SparkSession.builder.master(master).appName("landmark-tag").getOrCreate()
+    try:
+        if len(source) == 1 and source[0].endswith(".parquet"):
+            frame = spark.read.parquet(source[0])
+        else:
+            frame = spark.read.format("binaryFile").load(source)
+        params = {"top_k": top_k, "errors": "report"}
+        if threshold is not None:
+            params["threshold"] = threshold
+        udf = tracking.spark_udf(spark, model_uri, _parse_datatype_string(SPARK_RESULT), params)
+        rows = frame.select("path", udf("content").alias("answer")).collect()
+    finally:
+        spark.stop()
+    return {_local_path(row["path"]): row["answer"].asDict(recursive=True) for row in rows}
+
+
+def _local_path(uri: str) -> str:
+    return uri.removeprefix("file://") if uri.startswith("file:///") else uri.removeprefix("file:")
+
+
+def tag_spark(
+    photos: list[Path],
+    model_uri: str,
+    tagger: Tagger,
+    locations: dict[str, dict],
+    threshold: float | None = None,
+    master: str = "local[2]",
+) -> Iterator[dict[str, Any]]:
+    """Triage here, score on Spark, then record the outcomes here in path order.
+
+    `locations` (the model's metadata) maps labels to places.
+    """
+    pending = []
+    for photo in tqdm(photos, desc="checking", unit="photo"):
+        row, _ = tagger.triage(photo)
+        if row is not None:
+            yield tagger.write(row)
+        else:
+            pending.append(photo)
+    if not pending:
+        return
+    answers = spark_answers(
+        [str(p.resolve()) for p in pending], model_uri, tagger.cfg.top_k, threshold, master
+    )
+    for photo in tqdm(pending, desc="recording", unit="photo"):
+        answer = answers.get(str(photo.resolve()))
+        if answer is None:
+            answer = {"error": "not scored by Spark (vanished during the run?)"}
+        answer["location"] = locations.get(answer.get("label") or "")
+        try:
+            data = photo.read_bytes()
+        except OSError as e:
+            yield tagger.write({"path": str(photo), "status": "error", "error": str(e)})
+            continue
+        yield tagger.record(photo, data, answer)
+
+
+def tag(
+    paths: list[Path],
+    cfg: TagConfig,
+    model: str = "models:/landmark-classifier@champion",
+    engine: str = "local",
+    threshold: float | None = None,
+    spark_master: str = "local[2]",
+) -> dict[str, int]:
+    """Tag every photo below `paths` with `model` (an MLflow model URI or, for the local
+    engine, a TorchScript file); return how many photos ended in each status."""
+    import tempfile
+
+    from landmark import tracking
+    from landmark.serving import Predictor
+
+    if engine not in {"local", "spark"}:
+        raise ValueError(f"engine must be 'local' or 'spark', got {engine!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if Path(model).is_file():
+            if engine == "spark":
+                raise ValueError("--engine spark needs an MLflow model URI, not a file")
+            torchscript, info = Path(model), {}
+        else:
+            torchscript, info = tracking.fetch_model(model, Path(tmp))
+        model_id = model_id_of(model, info, torchscript)
+        predictor = Predictor.load(torchscript)
+    photos, problems = find_photos(paths)
+    log.info("%d photos to tag with %s (%s engine)", len(photos), model_id, engine)
+    tagger = Tagger(cfg, model_id)
+    start = time.perf_counter()
+    try:
+        for row in problems:
+            tagger.write(row)
+        if engine == "local":
+            rows = tag_local(photos, predictor, tagger, threshold)
+        else:
+            locations = predictor.locations
+            rows = tag_spark(photos, model, tagger, locations, threshold, spark_master)
+        for _ in rows:
+            pass
+    finally:
+        tagger.close()
+    seconds = time.perf_counter() - start
+    log.info(
+        "%d photos in %.1f s (%.1f photos/s): %s; report %s",
+        len(photos), seconds, len(photos) / max(seconds, 1e-9), tagger.counts, cfg.report,
+    )  # fmt: skip
+    return tagger.counts

@@ -1,0 +1,215 @@
+"""The tagger on synthetic photo folders with a tiny trained champion: XMP sidecars read back by
+exiftool, untouched originals, GPS left alone, bad files reported, resume, organize, lossless
+GPS copies, and the Spark engine giving the same report as the local one."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo_bytes, snapshot, train_tiny_champion
+from PIL import Image
+from test_app import gps_jpeg
+
+from landmark import tagging
+
+EXIFTOOL = shutil.which("exiftool")
+RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data set's classes
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    uri = train_tiny_champion(tmp_path_factory.mktemp("tagging"))
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield "models:/landmark-classifier@champion"
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def library(root: Path) -> Path:
+    """Nested folders of photos: three landmarks, one with GPS, bad files, non-photos."""
+    files = {
+        "2024/paris/red.jpg": photo_bytes(size=(640, 480), colour=RED, seed=1),
+        "2024/sf/green.png": photo_bytes(size=(500, 400), colour=GREEN, fmt="PNG", seed=2),
+        "2025/agra/blue.WEBP": photo_bytes(size=(400, 600), colour=BLUE, fmt="WEBP", seed=3),
+        "2025/has_gps.jpg": gps_jpeg(GREEN, 10.0, 20.0),
+        "2025/broken.jpg": b"%PDF-1.4 not a photo",
+        "2025/cut.jpg": photo_bytes(size=(640, 480), seed=5)[:2500],
+        "notes.txt": b"not a photo, not looked at",
+        ".thumbnails/red.jpg": photo_bytes(colour=RED),
+    }
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+def rows_by_name(report: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def test_tags_a_library_without_touching_it(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    before = snapshot(photos)
+    cfg = tagging.TagConfig(report=tmp_path / "report.jsonl", organize=tmp_path / "by-place")
+    counts = tagging.tag([photos], cfg, champion)
+    assert counts == {"tagged": 3, "has_gps": 1, "error": 2}
+    after = snapshot(photos)
+    assert {k: v for k, v in after.items() if not k.endswith(".xmp")} == before
+    rows = rows_by_name(cfg.report)
+    assert set(rows) == {
+        "red.jpg",
+        "green.png",
+        "blue.WEBP",
+        "has_gps.jpg",
+        "broken.jpg",
+        "cut.jpg",
+    }
+    red = rows["red.jpg"]
+    assert (red["status"], red["name"], red["country"]) == ("tagged", "Eiffel Tower", "France")
+    assert len(red["top_k"]) == 3 and red["top_k"][0][0] == "Eiffel Tower"
+    assert red["model"] == "landmark-classifier/1"
+    assert rows["blue.WEBP"]["name"] == "Taj Mahal"
+    assert rows["has_gps.jpg"] == {
+        **rows["has_gps.jpg"],
+        "status": "has_gps",
+        "photo_gps": [10.0, 20.0],
+    }
+    assert not (photos / "2025/has_gps.jpg.xmp").exists()
+    assert rows["broken.jpg"]["error"].startswith("not an image file")
+    assert rows["cut.jpg"]["error"].startswith("truncated or corrupt JPEG")
+    link = tmp_path / "by-place/France/Eiffel Tower/red.jpg"
+    assert link.is_symlink() and link.resolve() == (photos / "2024/paris/red.jpg").resolve()
+
+
+@pytest.mark.skipif(not EXIFTOOL, reason="needs exiftool (Debian libimage-exiftool-perl)")
+def test_exiftool_reads_the_sidecar_keywords_and_coordinates(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    tagging.tag([photos], tagging.TagConfig(report=tmp_path / "r.jsonl"), champion)
+    sidecar = photos / "2024/sf/green.png.xmp"
+    out = subprocess.run(
+        [EXIFTOOL, "-j", "-n", "-XMP:all", str(sidecar)], capture_output=True, text=True, check=True
+    )
+    (tags,) = json.loads(out.stdout)
+    assert tags["Subject"] == ["Golden Gate Bridge", "United States"]
+    assert tags["HierarchicalSubject"] == "Places|United States|Golden Gate Bridge"
+    assert tags["GPSLatitude"] == pytest.approx(37.8199, abs=1e-5)
+    assert tags["GPSLongitude"] == pytest.approx(-122.4783, abs=1e-5)
+    assert tags["Country"] == "United States"
+
+
+def test_rerun_skips_done_photos_and_an_interrupted_run_keeps_its_work(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    cfg = tagging.TagConfig(report=tmp_path / "report.jsonl")
+    found, _ = tagging.find_photos([photos])
+    predictor = tagging_predictor(champion, tmp_path)
+    tagger = tagging.Tagger(cfg, "landmark-classifier/1")
+    for n, _ in enumerate(tagging.tag_local(found, predictor, tagger), 1):
+        if n == 2:  # "Ctrl-C" after two photos
+            break
+    tagger.close()
+    first = [json.loads(line) for line in cfg.report.read_text().splitlines()]
+    assert [r["status"] for r in first] == ["tagged", "tagged"]
+    assert all(Path(r["path"] + ".xmp").is_file() for r in first)
+    counts = tagging.tag([photos], cfg, champion)
+    assert counts == {"skipped": 2, "tagged": 1, "has_gps": 1, "error": 2}
+    again = tagging.tag([photos], cfg, champion)
+    assert again["skipped"] == 3 and "tagged" not in again
+
+
+def tagging_predictor(model_uri: str, tmp: Path):
+    from landmark import tracking
+    from landmark.serving import Predictor
+
+    path, _ = tracking.fetch_model(model_uri, tmp / "model")
+    return Predictor.load(path)
+
+
+def test_gps_photos_are_tagged_only_when_asked(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", overwrite_gps=True)
+    tagging.tag([photos / "2025/has_gps.jpg"], cfg, champion)
+    assert rows_by_name(cfg.report)["has_gps.jpg"]["status"] == "tagged"
+
+
+def test_write_errors_and_foreign_sidecars_are_reported_not_fatal(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    (photos / "2024/paris/red.jpg.xmp").mkdir()  # the sidecar's name is taken by a folder
+    (photos / "2024/sf/green.png.xmp").write_text("<x:xmpmeta>darktable's edits</x:xmpmeta>")
+    (photos / "gone.jpg").symlink_to(photos / "nowhere.jpg")  # vanished before reading
+    not_a_folder = tmp_path / "by-place"
+    not_a_folder.write_text("a file where the organized folders should go")
+    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", organize=not_a_folder)
+    counts = tagging.tag([photos], cfg, champion)
+    rows = rows_by_name(cfg.report)
+    assert "was not written by landmark" in rows["red.jpg"]["error"]
+    assert "was not written by landmark" in rows["green.png"]["error"]
+    assert "darktable" in (photos / "2024/sf/green.png.xmp").read_text()  # left alone
+    assert rows["gone.jpg"]["error"].startswith("FileNotFoundError")
+    assert rows["blue.WEBP"]["status"] == "error"
+    assert rows["blue.WEBP"]["error"].startswith("cannot write: [Errno 20] Not a directory")
+    assert counts == {"error": 6, "has_gps": 1}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_read_only_folder_is_reported(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    folder = photos / "2024/paris"
+    folder.chmod(0o555)
+    try:
+        cfg = tagging.TagConfig(report=tmp_path / "r.jsonl")
+        tagging.tag([photos], cfg, champion)
+    finally:
+        folder.chmod(0o755)
+    assert "cannot write" in rows_by_name(cfg.report)["red.jpg"]["error"]
+
+
+def test_gps_copy_is_lossless(champion, tmp_path):
+    photos = library(tmp_path / "photos")
+    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", gps_copies=tmp_path / "with-gps")
+    tagging.tag([photos / "2024"], cfg, champion)
+    original = (photos / "2024/paris/red.jpg").read_bytes()
+    copy = (tmp_path / "with-gps/red.jpg").read_bytes()
+    scan = original.index(b"\xff\xda")  # the compressed image data starts at SOS
+    assert copy.endswith(original[scan:])
+    pixels = [np.asarray(Image.open(io.BytesIO(b))) for b in (original, copy)]
+    assert np.array_equal(*pixels)
+    from landmark import images
+
+    assert images.gps_coordinates(copy) == pytest.approx((48.8584, 2.2945), abs=1e-4)
+    assert not (tmp_path / "with-gps/green.png").exists()  # PNGs get no EXIF copy
+    if EXIFTOOL:
+        out = subprocess.run([EXIFTOOL, "-j", "-n", "-GPS:all", str(tmp_path / "with-gps/red.jpg")],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        (tags,) = json.loads(out.stdout)
+        assert tags["GPSLatitude"] == pytest.approx(48.8584, abs=1e-4)
+        assert tags["GPSLongitudeRef"] == "E"
+
+
+def test_spark_engine_writes_the_same_report(champion, tmp_path):
+    reports = {}
+    for engine in ("local", "spark"):
+        photos = library(tmp_path / engine)
+        cfg = tagging.TagConfig(report=tmp_path / f"{engine}.jsonl")
+        tagging.tag([photos], cfg, champion, engine=engine)
+        reports[engine] = rows_by_name(cfg.report)
+    local, spark = reports["local"], reports["spark"]
+    assert set(local) == set(spark)
+    for name, row in local.items():
+        other = spark[name]
+        assert other["status"] == row["status"], name
+        assert other.get("label") == row.get("label"), name
+        assert other.get("error") == row.get("error"), name
+        if "top_k" in row:
+            assert [t[0] for t in other["top_k"]] == [t[0] for t in row["top_k"]]
+            assert other["probability"] == pytest.approx(row["probability"], abs=1e-5)
