@@ -18,7 +18,7 @@ DATA_ARG := $(if $(wildcard $(DATA)),$(abspath $(DATA)),$(DATA))
 # `mlflow run --env-manager local` runs `python` from PATH: it must be the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test lint benchmark ui serve clean-venv
+.PHONY: venv run test lint benchmark ui serve app clean-venv
 
 venv: $(STAMP)
 
@@ -47,6 +47,9 @@ ui: $(STAMP)
 serve: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 		$(BIN)/mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(PORT)
+
+app: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(BIN)/landmark app
 
 clean-venv:
 	rm -rf $(VENV)
