@@ -99,12 +99,13 @@ def main() -> None:
         local = mlflow.artifacts.download_artifacts(args.model, dst_path=tmp)
         predictor = Predictor.load(next(Path(local).rglob("*.pt")))
         process, url = serve(args.model, Path(tmp) / "serve.log")
+        session = requests.Session()  # a client keeps its connection open, as real ones do
         try:
             print(f"model {args.model}; {len(test_photos)} test photos; torch threads", end=" ")
             print(f"{os.cpu_count()} CPUs")
             for name, photo in photos.items():
                 print(f"{name} ({len(photo) / 1e6:.2f} MB), one photo per request, seconds:")
-                server = timed(lambda p=photo: requests.post(url, json=body([p])), args.repeats)
+                server = timed(lambda p=photo: session.post(url, json=body([p])), args.repeats)
                 local_times = timed(lambda p=photo: predictor.predict([p]), args.repeats)
                 for label, times in (("endpoint", server), ("in-process", local_times)):
                     p50, p95 = percentile(times, 50), percentile(times, 95)
@@ -112,7 +113,7 @@ def main() -> None:
                 ratio = percentile(server, 50) / percentile(local_times, 50)
                 print(f"  endpoint p50 / in-process p50 = {ratio:.2f}")
             rounds = max(3, args.repeats // 8)
-            server = timed(lambda: requests.post(url, json=body(batch)), rounds)
+            server = timed(lambda: session.post(url, json=body(batch)), rounds)
             local_times = timed(lambda: predictor.predict(batch), rounds)
             print("batches of 16 448-px JPEGs, photos/s:")
             print(f"  endpoint {16 / statistics.median(server):.1f}")

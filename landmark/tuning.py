@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,9 @@ def log_study(study: optuna.Study) -> dict[str, Any]:
     tracking.log_text(study.trials_dataframe().to_csv(index=False), "tuning/trials.csv")
     for name, plot in _PLOTS.items():
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
         except (ValueError, RuntimeError) as err:  # e.g. importances need 2+ complete trials
             log.info("No %s plot: %s", name, err)
             continue
