@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -309,85 +308,6 @@ def tag_local(
         bar.set_postfix(photos_s=f"{i / (time.perf_counter() - start):.1f}")
 
 
-# Spark: the pyfunc's answers as a Spark struct (errors="report": bad photos carry `error`).
-# MLflow cannot convert a missing (None) nested struct, so `location` is looked up afterwards.
-SPARK_RESULT = (
-    "struct<label: string, name: string, probability: double, known: boolean, error: string,"
-    " top_k: array<struct<label: string, name: string, probability: double>>>"
-)
-
-
-def spark_answers(
-    source: list[str], model_uri: str, top_k: int, threshold: float | None, master: str
-) -> dict[str, dict[str, Any]]:
-    """Score photos with `mlflow.pyfunc.spark_udf` on Spark; {path: answer}.
-
-    `source` is a list of photo files (read as Spark's `binaryFile`), or one Parquet data set
-    with columns `path` and `content`.
-    """
-    from pyspark.sql import SparkSession
-    from pyspark.sql.types import _parse_datatype_string
-
-    from landmark import tracking
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers need our packages too
-    spark = SparkSession.builder.master(master).appName("landmark-tag").getOrCreate()
-    try:
-        if len(source) == 1 and source[0].endswith(".parquet"):
-            frame = spark.read.parquet(source[0])
-        else:
-            frame = spark.read.format("binaryFile").load(source)
-        params = {"top_k": top_k, "errors": "report"}
-        if threshold is not None:
-            params["threshold"] = threshold
-        udf = tracking.spark_udf(spark, model_uri, _parse_datatype_string(SPARK_RESULT), params)
-        rows = frame.select("path", udf("content").alias("answer")).collect()
-    finally:
-        spark.stop()
-    return {_local_path(row["path"]): row["answer"].asDict(recursive=True) for row in rows}
-
-
-def _local_path(uri: str) -> str:
-    return uri.removeprefix("file://") if uri.startswith("file:///") else uri.removeprefix("file:")
-
-
-def tag_spark(
-    photos: list[Path],
-    model_uri: str,
-    tagger: Tagger,
-    locations: dict[str, dict],
-    threshold: float | None = None,
-    master: str = "local[2]",
-) -> Iterator[dict[str, Any]]:
-    """Triage here, score on Spark, then record the outcomes here in path order.
-
-    `locations` (the model's metadata) maps labels to places.
-    """
-    pending = []
-    for photo in tqdm(photos, desc="checking", unit="photo"):
-        row, _ = tagger.triage(photo)
-        if row is not None:
-            yield tagger.write(row)
-        else:
-            pending.append(photo)
-    if not pending:
-        return
-    answers = spark_answers(
-        [str(p.resolve()) for p in pending], model_uri, tagger.cfg.top_k, threshold, master
-    )
-    for photo in tqdm(pending, desc="recording", unit="photo"):
-        answer = answers.get(str(photo.resolve()))
-        if answer is None:
-            answer = {"error": "not scored by Spark (vanished during the run?)"}
-        answer["location"] = locations.get(answer.get("label") or "")
-        try:
-            data = photo.read_bytes()
-        except OSError as e:
-            yield tagger.write({"path": str(photo), "status": "error", "error": str(e)})
-            continue
-        yield tagger.record(photo, data, answer)
-
-
 def tag(
     paths: list[Path],
     cfg: TagConfig,
@@ -424,8 +344,10 @@ def tag(
         if engine == "local":
             rows = tag_local(photos, predictor, tagger, threshold)
         else:
+            from landmark import spark
+
             locations = predictor.locations
-            rows = tag_spark(photos, model, tagger, locations, threshold, spark_master)
+            rows = spark.tag(photos, model, tagger, locations, threshold, spark_master)
         for _ in rows:
             pass
     finally:
