@@ -26,7 +26,6 @@ from landmark.serving import BadRequestError, Predictor
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 50_000_000
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 class Classifier(Protocol):
@@ -94,7 +93,7 @@ def pick_examples(data_root: Path, count: int = 6, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     examples = []
     for folder in rng.sample(folders, min(count, len(folders))):
-        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in images.PHOTO_SUFFIXES)
         if photos:
             examples.append(rng.choice(photos))
     return examples

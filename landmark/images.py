@@ -15,6 +15,8 @@ from PIL import Image, ImageOps
 
 # Formats we decode. MPO is the multi-picture JPEG many cameras write.
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+# File suffixes the app and the tagger look for in photo folders.
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 
 
 class BadImageError(ValueError):

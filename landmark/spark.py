@@ -87,8 +87,9 @@ def tag(
         if answer is None:
             answer = {"error": "not scored by Spark (vanished during the run?)"}
         answer["location"] = locations.get(answer.get("label") or "")
+        # Spark read the photo already; the bytes are needed again only for a GPS copy.
         try:
-            data = photo.read_bytes()
+            data = photo.read_bytes() if tagger.cfg.gps_copies else b""
         except OSError as e:
             yield tagger.write({"path": str(photo), "status": "error", "error": str(e)})
             continue

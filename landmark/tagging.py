@@ -29,7 +29,6 @@ from landmark import images
 
 log = logging.getLogger(__name__)
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MODEL_ATTRIBUTE = "landmark:Model"
 NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
 
@@ -63,7 +62,7 @@ def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[dict[str, Any]]
         for folder, dirs, files in os.walk(path, onerror=unreadable):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
-                if Path(name).suffix.lower() in PHOTO_SUFFIXES and not name.startswith("."):
+                if Path(name).suffix.lower() in images.PHOTO_SUFFIXES and not name.startswith("."):
                     found.add(Path(folder) / name)
     return sorted(found), problems
 

@@ -297,14 +297,16 @@ def fetch_model(model_uri: str, dst: Path) -> tuple[Path, dict[str, Any]]:
     if torchscript is None:
         raise ValueError(f"{model_uri} is not a landmark model (no TorchScript file inside)")
     info: dict[str, Any] = {"uri": model_uri}
-    ref = model_uri.removeprefix("models:/")
-    name, alias = ref.split("@", 1) if "@" in ref else (ref.rsplit("/", 1) + [""])[:2]
-    if model_uri.startswith("models:/") and alias:
-        client = mlflow.MlflowClient()
-        if "@" in ref:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            version = client.get_model_version(name, alias)
+    ref = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else ""
+    client = mlflow.MlflowClient()
+    version = None
+    if "@" in ref:  # models:/name@alias
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif "/" in ref:  # models:/name/version
+        name, number = ref.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    if version is not None:
         info.update(name=name, version=str(version.version), aliases=list(version.aliases))
         info["data"] = client.get_run(version.run_id).data.params.get("data", "")
     return torchscript, info
