@@ -1,9 +1,11 @@
 """Serving latency and throughput: a real `mlflow models serve` process vs the TorchScript file.
 
 Starts `mlflow models serve` on the model (default: the registry's champion) on 127.0.0.1 and
-measures, interleaved with the same work done in-process by the exported TorchScript file:
+measures, taking turns with the same work done in-process by the exported TorchScript file:
 p50/p95 latency of one-photo requests (a 448-px JPEG and a 12-megapixel JPEG, both made from a
-test photo of the data set by resizing) and photos/s with batches of 16.
+test photo of the data set by resizing) and photos/s with batches of 16. Latency is measured
+twice: requests arriving apart (`--pause`; the latency a lone request meets) and back to back in
+blocks of 10 (one client keeping the server busy; the client shares the machine's cores).
 
     MLFLOW_TRACKING_URI=sqlite:///mlflow.db .venv/bin/python benchmarks/serving.py \
         --data ../shared/datasets/landmarks-35
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import os
 import signal
 import socket
@@ -22,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import requests
+import torch
 from PIL import Image
 
 from landmark.serving import Predictor
@@ -71,13 +76,26 @@ def serve(model_uri: str, log: Path) -> tuple[subprocess.Popen, str]:
     raise TimeoutError(log.read_text()[-2000:])
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def taking_turns(
+    calls: dict[str, Callable[[], object]], repeats: int, pause: float, block: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function: `block` calls each in turn until `repeats` each.
+
+    Taking turns cancels the drift of a shared machine. With `pause` seconds before each call
+    and `block=1`, every call meets an idle machine, as a lone request does; with no pause and
+    longer blocks, calls follow each other back to back, as under a steady single client.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():  # warm-up
         fn()
-        times.append(time.perf_counter() - start)
+        fn()
+    while len(times[next(iter(calls))]) < repeats:
+        for name, fn in calls.items():
+            for _ in range(block):
+                time.sleep(pause)
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -90,6 +108,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="data set folder (a test photo is used)")
     parser.add_argument("--model", default="models:/landmark-classifier@champion")
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--pause", type=float, default=0.05, help="seconds between requests")
     args = parser.parse_args()
 
     test_photos = sorted(Path(args.data).glob("test/*/*.jpg"))
@@ -100,24 +119,36 @@ def main() -> None:
         predictor = Predictor.load(next(Path(local).rglob("*.pt")))
         process, url = serve(args.model, Path(tmp) / "serve.log")
         session = requests.Session()  # a client keeps its connection open, as real ones do
+
+        def post(photos: list[bytes]) -> Callable[[], object]:
+            data = json.dumps(body(photos))  # encoded once: the client's work is not timed
+            headers = {"Content-Type": "application/json"}
+            return lambda: session.post(url, data=data, headers=headers).raise_for_status()
+
         try:
-            print(f"model {args.model}; {len(test_photos)} test photos; torch threads", end=" ")
-            print(f"{os.cpu_count()} CPUs")
+            print(f"model {args.model}; {os.cpu_count()} CPUs; torch threads", end=" ")
+            print(f"{torch.get_num_threads()}; {args.repeats} requests each, taking turns")
             for name, photo in photos.items():
-                print(f"{name} ({len(photo) / 1e6:.2f} MB), one photo per request, seconds:")
-                server = timed(lambda p=photo: session.post(url, json=body([p])), args.repeats)
-                local_times = timed(lambda p=photo: predictor.predict([p]), args.repeats)
-                for label, times in (("endpoint", server), ("in-process", local_times)):
-                    p50, p95 = percentile(times, 50), percentile(times, 95)
-                    print(f"  {label:10s} p50 {p50 * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms")
-                ratio = percentile(server, 50) / percentile(local_times, 50)
-                print(f"  endpoint p50 / in-process p50 = {ratio:.2f}")
-            rounds = max(3, args.repeats // 8)
-            server = timed(lambda: session.post(url, json=body(batch)), rounds)
-            local_times = timed(lambda: predictor.predict(batch), rounds)
+                print(f"{name} ({len(photo) / 1e6:.2f} MB), one photo per request:")
+                calls = {
+                    "endpoint": post([photo]),
+                    "in-process": lambda p=photo: predictor.predict([p]),
+                }
+                for label, pause, block in (
+                    (f"{args.pause * 1000:.0f} ms apart", args.pause, 1),
+                    ("back to back", 0, 10),
+                ):
+                    times = taking_turns(calls, args.repeats, pause, block)
+                    for side, ts in times.items():
+                        p50, p95 = percentile(ts, 50) * 1000, percentile(ts, 95) * 1000
+                        print(f"  {label:12s} {side:10s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms")
+                    ratio = percentile(times["endpoint"], 50) / percentile(times["in-process"], 50)
+                    print(f"  {label:12s} endpoint p50 / in-process p50 = {ratio:.2f}")
+            calls = {"endpoint": post(batch), "in-process": lambda: predictor.predict(batch)}
+            times = taking_turns(calls, max(3, args.repeats // 8), 0)
             print("batches of 16 448-px JPEGs, photos/s:")
-            print(f"  endpoint {16 / statistics.median(server):.1f}")
-            print(f"  in-process {16 / statistics.median(local_times):.1f}")
+            for side, ts in times.items():
+                print(f"  {side:10s} {16 / statistics.median(ts):.1f}")
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait()

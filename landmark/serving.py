@@ -7,6 +7,7 @@ Bad photos raise `BadRequestError` naming the offending row. MLflow-free (see `t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,10 @@ class Predictor:
         self.locations: dict[str, dict] = metadata.get("locations", {})
         self.threshold: float = float(metadata.get("threshold", 0.5))
         self.resize_size: int = metadata["preprocessing"]["resize_size"]
+        # torch's OpenMP workers belong to the thread that calls the model. Servers call from
+        # whichever pool thread is free (MLflow's scoring server alternates two), and two teams
+        # spinning on two cores made each forward pass twice as slow. One thread runs them all.
+        self._torch = ThreadPoolExecutor(1, thread_name_prefix="landmark-torch")
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
@@ -49,6 +54,9 @@ class Predictor:
         except images.BadImageError as e:
             raise BadRequestError(f"row {row}: {e}") from e
         tensor = torch.from_numpy(np.array(central(img), dtype=np.uint8)).permute(2, 0, 1)
+        return self._torch.submit(self._forward, tensor).result()
+
+    def _forward(self, tensor: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             return self.module(tensor).numpy()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import numpy as np
@@ -86,6 +88,30 @@ def test_predictor_answers_with_top_k_location_and_known(exported):
     (unsure,) = predictor.predict([jpeg], threshold=1.01)
     assert unsure["known"] is False
     assert len(predictor.predict([jpeg], top_k=50)[0]["top_k"]) == 3  # capped at the classes
+
+
+def test_predictor_runs_every_forward_pass_on_one_thread(exported):
+    """Servers call from changing pool threads; torch must see one caller (one OpenMP team)."""
+    predictor = Predictor.load(exported)
+    callers, model_threads = set(), set()
+    scripted = predictor.module
+
+    def recording(tensor):
+        model_threads.add(threading.get_ident())
+        return scripted(tensor)
+
+    predictor.module = recording
+    jpeg = photo_bytes(size=(120, 90))
+
+    def ask():
+        callers.add(threading.get_ident())
+        return predictor.predict([jpeg])[0]["probability"]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(), range(16)))
+    assert len(callers) > 1 and len(model_threads) == 1
+    assert not model_threads & callers
+    assert answers == pytest.approx([answers[0]] * 16, abs=1e-6)
 
 
 def test_pyfunc_gives_the_torchscript_predictions(exported, tracking_uri):
