@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/mlflow run . -e $(ENTRY) --env-manager local --experiment-name $(EXPERIMENT) \
-		-P data=$(DATA_ARG) $(if $(PARAMS),$(foreach p,$(PARAMS),-P $(p)))
+		$(if $(filter promote,$(ENTRY)),,-P data=$(DATA_ARG)) $(if $(PARAMS),$(foreach p,$(PARAMS),-P $(p)))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
