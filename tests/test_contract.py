@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,14 @@ def test_readme_documents_every_entry_point_and_parameter():
 
 def test_mlproject_is_generated_from_the_config():
     assert (REPO / "MLproject").read_text() == mlproject(), "run: python -m landmark.config"
+
+
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_make_run_passes_only_parameters_the_entry_point_takes(entry_point):
+    """`make run ENTRY=...` adds `-P data=...`; MLflow would hand it on to a script without it."""
+    command = subprocess.run(
+        ["make", "-n", "run", f"ENTRY={entry_point}", "DATA=somewhere"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    names = {field.name for cls in ENTRY_POINTS[entry_point] for field in dataclasses.fields(cls)}
+    assert ("-P data=" in command) == ("data" in names), command
