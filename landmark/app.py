@@ -73,14 +73,14 @@ def load_classifier(model: str, endpoint: str = "") -> tuple[Classifier, dict[st
     model URI such as `models:/landmark-classifier@champion`); and what is known about it."""
     if endpoint:
         return EndpointClassifier(endpoint), {}
-    if Path(model).is_file():
-        return LocalClassifier(Predictor.load(model), f"model file {Path(model).name}"), {}
     with tempfile.TemporaryDirectory() as tmp:
         path, info = tracking.fetch_model(model, Path(tmp))
         predictor = Predictor.load(path)
-    title = f"{info['name']} version {info['version']}" if "version" in info else model
-    if info.get("aliases"):
-        title += f" ({', '.join(info['aliases'])})"
+    if "version" in info:
+        title = f"{info['name']} version {info['version']}"
+        title += f" ({', '.join(info['aliases'])})" if info["aliases"] else ""
+    else:
+        title = f"model file {path.name}" if path == Path(model) else model
     return LocalClassifier(predictor, title), info
 
 

@@ -324,13 +324,10 @@ def tag(
 
     if engine not in {"local", "spark"}:
         raise ValueError(f"engine must be 'local' or 'spark', got {engine!r}")
+    if engine == "spark" and Path(model).is_file():
+        raise ValueError("--engine spark needs an MLflow model URI, not a file")
     with tempfile.TemporaryDirectory() as tmp:
-        if Path(model).is_file():
-            if engine == "spark":
-                raise ValueError("--engine spark needs an MLflow model URI, not a file")
-            torchscript, info = Path(model), {}
-        else:
-            torchscript, info = tracking.fetch_model(model, Path(tmp))
+        torchscript, info = tracking.fetch_model(model, Path(tmp))
         model_id = model_id_of(model, info, torchscript)
         predictor = Predictor.load(torchscript)
     photos, problems = find_photos(paths)

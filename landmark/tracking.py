@@ -290,8 +290,11 @@ def record_on_version(version: str, tags: dict[str, str], note: str, name: str =
 
 
 def fetch_model(model_uri: str, dst: Path) -> tuple[Path, dict[str, Any]]:
-    """Download a logged landmark model into `dst`; return its TorchScript file and what the
-    registry says about it (`name`, `version`, `aliases`, the training run's `data`)."""
+    """The TorchScript file of a landmark model, and what the registry says about it (`name`,
+    `version`, `aliases`, the training run's `data`). `model_uri` is an MLflow model URI
+    (downloaded into `dst`) or an exported TorchScript file (returned as is, nothing known)."""
+    if Path(model_uri).is_file():
+        return Path(model_uri), {}
     local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
     torchscript = next(local.rglob("*.pt"), None)
     if torchscript is None:

@@ -1,18 +1,26 @@
-"""Tiny synthetic photos and data sets, built on the fly; no test depends on downloaded data."""
+"""Tiny synthetic photos and data sets, built on the fly (no test depends on downloaded data),
+and the helpers that start and stop real server processes."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
+import signal
+import socket
 import struct
+import subprocess
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
+from landmark import images
 from landmark.config import DataConfig
 
 CLASSES = ["00.Eiffel_Tower", "01.Golden_Gate_Bridge", "Taj_Mahal"]
@@ -159,16 +167,13 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def train_tiny_champion(tmp: Path) -> str:
     """A `landmark-classifier` champion trained on a tiny colour data set in `tmp`; returns its
     tracking URI (sqlite, artifacts in `tmp/mlruns`). For app and tagger tests."""
-    import os
-
     from landmark import steps
     from landmark.config import PromoteConfig, ScratchConfig, ScratchTrainConfig, TuneConfig
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    saved_cwd, saved_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(tmp)  # the store's artifacts (./mlruns) stay in the temporary folder
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp)  # the store's artifacts (./mlruns) stay in the temporary folder
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
         data = make_dataset(tmp / "landmarks", train_per_class=10)
         data_cfg = DataConfig(data=str(data), cache_dir=str(tmp / "cache"), cache_size=64)
         steps.train_scratch(
@@ -178,10 +183,53 @@ def train_tiny_champion(tmp: Path) -> str:
             TuneConfig(n_trials=0),
         )
         steps.promote(PromoteConfig())
-    finally:
-        os.chdir(saved_cwd)
-        if saved_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_uri
     return uri
+
+
+def gps_jpeg(colour, latitude: float, longitude: float) -> bytes:
+    """A JPEG photo whose EXIF carries GPS coordinates (north/east, whole degrees)."""
+    img = Image.open(io.BytesIO(photo_bytes(size=(400, 300), colour=colour, seed=4)))
+    exif = Image.Exif()
+    gps = exif.get_ifd(images.GPS_IFD)
+    gps.update({1: "N", 2: (latitude, 0.0, 0.0), 3: "E", 4: (longitude, 0.0, 0.0)})
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+# Server processes (mlflow server, mlflow models serve, landmark app) for the end-to-end tests.
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], url: str, log: Path, env: dict) -> subprocess.Popen:
+    """Start a server process and wait until `url` answers 200."""
+    process = subprocess.Popen(
+        args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args[:3]} exited: {log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    stop(process)
+    raise TimeoutError(f"{url} did not come up: {log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -3,7 +3,6 @@ driven by headless Debian chromium through Selenium. Screenshots go to `test-art
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import sys
@@ -11,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import photo_bytes, train_tiny_champion
-from PIL import Image
-from test_serving import free_port, start, stop
+from conftest import free_port, gps_jpeg, photo_bytes, start, stop, train_tiny_champion
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -71,16 +68,6 @@ def screenshot(driver, name: str) -> Path:
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000  # a rendered page, not an empty image
     return path
-
-
-def gps_jpeg(colour, latitude: float, longitude: float) -> bytes:
-    img = Image.open(io.BytesIO(photo_bytes(size=(400, 300), colour=colour, seed=4)))
-    exif = Image.Exif()
-    gps = exif.get_ifd(0x8825)
-    gps.update({1: "N", 2: (latitude, 0.0, 0.0), 3: "E", 4: (longitude, 0.0, 0.0)})
-    out = io.BytesIO()
-    img.save(out, format="JPEG", exif=exif)
-    return out.getvalue()
 
 
 def test_page_names_the_model_and_offers_examples(app_url, browser):

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import requests
-from conftest import CLASSES, make_dataset, photo_bytes, png_with_header_size
+from conftest import (
+    CLASSES,
+    free_port,
+    make_dataset,
+    photo_bytes,
+    png_with_header_size,
+    start,
+    stop,
+)
 from mlflow.tracking import MlflowClient
 
 from landmark import steps, tracking
@@ -24,41 +28,6 @@ from landmark.config import DataConfig, PromoteConfig, ScratchConfig, ScratchTra
 from landmark.serving import Predictor
 
 BIN = str(Path(sys.executable).parent)  # `mlflow models serve --env-manager local` needs it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], url: str, log: Path, env: dict) -> subprocess.Popen:
-    """Start a server process and wait until `url` answers 200."""
-    process = subprocess.Popen(
-        args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{args[:3]} exited: {log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise TimeoutError(f"{url} did not come up: {log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo_bytes, snapshot, train_tiny_champion
+from conftest import gps_jpeg, photo_bytes, snapshot, train_tiny_champion
 from PIL import Image
-from test_app import gps_jpeg
 
-from landmark import tagging
+from landmark import images, tagging, tracking
+from landmark.serving import Predictor
 
 EXIFTOOL = shutil.which("exiftool")
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data set's classes
@@ -26,13 +26,9 @@ RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     uri = train_tiny_champion(tmp_path_factory.mktemp("tagging"))
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    yield "models:/landmark-classifier@champion"
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield "models:/landmark-classifier@champion"
 
 
 def library(root: Path) -> Path:
@@ -112,7 +108,8 @@ def test_rerun_skips_done_photos_and_an_interrupted_run_keeps_its_work(champion,
     photos = library(tmp_path / "photos")
     cfg = tagging.TagConfig(report=tmp_path / "report.jsonl")
     found, _ = tagging.find_photos([photos])
-    predictor = tagging_predictor(champion, tmp_path)
+    path, _ = tracking.fetch_model(champion, tmp_path / "model")
+    predictor = Predictor.load(path)
     tagger = tagging.Tagger(cfg, "landmark-classifier/1")
     for n, _ in enumerate(tagging.tag_local(found, predictor, tagger), 1):
         if n == 2:  # "Ctrl-C" after two photos
@@ -125,14 +122,6 @@ def test_rerun_skips_done_photos_and_an_interrupted_run_keeps_its_work(champion,
     assert counts == {"skipped": 2, "tagged": 1, "has_gps": 1, "error": 2}
     again = tagging.tag([photos], cfg, champion)
     assert again["skipped"] == 3 and "tagged" not in again
-
-
-def tagging_predictor(model_uri: str, tmp: Path):
-    from landmark import tracking
-    from landmark.serving import Predictor
-
-    path, _ = tracking.fetch_model(model_uri, tmp / "model")
-    return Predictor.load(path)
 
 
 def test_gps_photos_are_tagged_only_when_asked(champion, tmp_path):
@@ -184,8 +173,6 @@ def test_gps_copy_is_lossless(champion, tmp_path):
     assert copy.endswith(original[scan:])
     pixels = [np.asarray(Image.open(io.BytesIO(b))) for b in (original, copy)]
     assert np.array_equal(*pixels)
-    from landmark import images
-
     assert images.gps_coordinates(copy) == pytest.approx((48.8584, 2.2945), abs=1e-4)
     assert not (tmp_path / "with-gps/green.png").exists()  # PNGs get no EXIF copy
     if EXIFTOOL:
