@@ -201,3 +201,20 @@ def test_spark_engine_writes_the_same_report(champion, tmp_path):
         if "top_k" in row:
             assert [t[0] for t in other["top_k"]] == [t[0] for t in row["top_k"]]
             assert other["probability"] == pytest.approx(row["probability"], abs=1e-5)
+
+
+def test_an_exported_model_file_works_like_the_registry_uri(champion, tmp_path):
+    """`--model file.pt` (tagger and app): the same answers, named by the file and its hash."""
+    from landmark import app
+
+    path, info = tracking.fetch_model(champion, tmp_path / "model")
+    assert info["version"] == "1" and tracking.fetch_model(str(path), tmp_path) == (path, {})
+    photos = library(tmp_path / "photos")
+    cfg = tagging.TagConfig(report=tmp_path / "file.jsonl")
+    assert tagging.tag([photos], cfg, str(path)) == {"tagged": 3, "has_gps": 1, "error": 2}
+    red = rows_by_name(cfg.report)["red.jpg"]
+    assert red["name"] == "Eiffel Tower" and red["model"].startswith(f"{path.name}@")
+    with pytest.raises(ValueError, match="needs an MLflow model URI"):
+        tagging.tag([photos], cfg, str(path), engine="spark")
+    classifier, _ = app.load_classifier(str(path))
+    assert classifier.description.startswith(f"model file {path.name} · ")
