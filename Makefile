@@ -1,5 +1,6 @@
 # Two commands do all the set-up (see README):
 #   make run DATA=<folder|zip|url>   venv + pinned deps, then `mlflow run . -e main` on DATA
+#                                    (no DATA: the MLproject default, the course's zip)
 #   make test                        venv + pinned deps, then the test suite
 # Both are idempotent: the venv is rebuilt only when requirements.txt or pyproject.toml change.
 
@@ -7,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
-DATA ?= https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip
+DATA ?=
 ENTRY ?= main
 EXPERIMENT ?= landmark
 PYTEST_ARGS ?=
@@ -30,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/mlflow run . -e $(ENTRY) --env-manager local --experiment-name $(EXPERIMENT) \
-		$(if $(filter promote,$(ENTRY)),,-P data=$(DATA_ARG)) $(if $(PARAMS),$(foreach p,$(PARAMS),-P $(p)))
+		$(if $(DATA),-P data=$(DATA_ARG)) $(if $(PARAMS),$(foreach p,$(PARAMS),-P $(p)))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -39,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/data_loading.py --data $(DATA_ARG)
+	$(BIN)/python benchmarks/data_loading.py $(if $(DATA),--data $(DATA_ARG))
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
