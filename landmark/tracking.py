@@ -40,12 +40,31 @@ def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=name, nested=nested, tags=tags) as run:
         mlflow.set_tag("landmark.step", name)
-        if not nested:  # open the experiment in the UI's model-training view, not the GenAI one
-            mlflow.MlflowClient().set_experiment_tag(
-                run.info.experiment_id, "mlflow.experimentKind", "custom_model_development"
-            )
+        if not nested:
+            mark_experiment_for_model_training(run.info.experiment_id)
         log.info("MLflow run %s (%s) at %s", name, run.info.run_id, mlflow.get_tracking_uri())
         yield run.info.run_id
+
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_experiment_for_model_training(experiment_id: str) -> None:
+    """Tag the experiment so the UI opens it in its model-training view, not the GenAI one.
+
+    Several processes may start runs in one store at once (tuning workers). The SQL store
+    writes an experiment tag as read-then-insert, so two first writers can both insert and
+    the second fails on the unique key; by then the tag is there, which is all we need.
+    """
+    client = mlflow.MlflowClient()
+    key, value = EXPERIMENT_KIND
+    if client.get_experiment(experiment_id).tags.get(key) == value:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import optuna
@@ -160,6 +161,37 @@ def test_a_trial_left_running_by_a_killed_process_is_marked_failed(tmp_path, tra
         study = tuning.tune("s", space, reporting(lambda n, p: p["x"]), cfg, 0)
     # The orphan counts against the budget like any failed trial, so one more trial runs.
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def tag_at_once(experiment_id: str, threads: int) -> list[Exception]:
+    """Mark one experiment from several threads released together; returns their errors."""
+    barrier = threading.Barrier(threads)
+    errors = []
+
+    def mark():
+        barrier.wait()
+        try:
+            tracking.mark_experiment_for_model_training(experiment_id)
+        except Exception as error:  # noqa: BLE001 - collected and reported by the caller
+            errors.append(error)
+
+    workers = [threading.Thread(target=mark) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return errors
+
+
+def test_runs_started_at_once_in_one_store_all_tag_their_experiment(tracking_uri):
+    # Tuning workers start their runs at the same moment; the first writers of the experiment
+    # tag race (CI saw one worker die on the tag's unique key). Ten experiments, eight threads.
+    client = MlflowClient(tracking_uri)
+    key, value = tracking.EXPERIMENT_KIND
+    for n in range(10):
+        experiment_id = client.create_experiment(f"race-{n}")
+        assert tag_at_once(experiment_id, threads=8) == []
+        assert client.get_experiment(experiment_id).tags[key] == value
 
 
 WORKER = textwrap.dedent(
