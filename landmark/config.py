@@ -43,7 +43,7 @@ class DataConfig:
 class TrainConfig:
     """The one training loop's settings. Defaults suit a pretrained backbone (`train_transfer`)."""
 
-    epochs: int = _param(12, "maximum number of epochs")
+    epochs: int = _param(6, "maximum number of epochs")
     batch_size: int = _param(64, "photos per training batch")
     optimizer: str = _param("adamw", "adamw or sgd (with Nesterov momentum 0.9)")
     lr: float = _param(1e-3, "peak learning rate")
@@ -99,8 +99,10 @@ class TuneConfig:
     """The Optuna study run before the final training. Defaults suit `train_transfer`."""
 
     n_trials: int = _param(20, "trials in the study, counting earlier runs of it (0: no tuning)")
-    timeout: float = _param(480.0, "wall-clock budget of the study in seconds (0: none)")
-    trial_epochs: int = _param(6, "maximum epochs of one trial (the final model uses `epochs`)")
+    timeout: float = _param(540.0, "wall-clock budget of the study in seconds (0: none)")
+    trial_epochs: int = _param(
+        0, "maximum epochs of one trial (0: `epochs`, so the final model repeats the best trial)"
+    )
     pruner: str = _param("hyperband", "hyperband, median or none")
     study_name: str = _param("", "rerun with the same name to continue (default: derived)")
     storage: str = _param("", "journal file or SQLAlchemy URL (default: next to the MLflow store)")

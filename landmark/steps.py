@@ -165,9 +165,13 @@ def _tune(study_name, space, build: Builder, cfg, train_cfg, tune_cfg, seed) -> 
     """Run the study (when `tune_cfg.n_trials` > 0); return the configs with the best choices.
 
     Trials train for `tune_cfg.trial_epochs` epochs and are judged on validation accuracy.
+    With `trial_epochs` 0 they train exactly as the final model will (training is seeded), so
+    the final model repeats the best trial, and the default parameters (the first trial) can
+    only be kept or beaten.
     """
     if tune_cfg.n_trials <= 0:
         return cfg, train_cfg
+    tune_cfg = dataclasses.replace(tune_cfg, trial_epochs=tune_cfg.trial_epochs or train_cfg.epochs)
     name = tune_cfg.study_name or study_name
     defaults = tuning.choices(space, to_dict(cfg, train_cfg))
 

@@ -14,6 +14,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -280,3 +281,29 @@ def test_train_transfer_tunes_the_number_of_trained_stages(data_cfg, tracking_ur
     assert len({r.data.params["trainable_blocks"] for r in runs.values()}) >= 2
     trainable = {int(r.data.params["trainable_blocks"]) for r in runs.values()}
     assert trainable <= {0, 1, 2}
+
+
+def test_the_final_model_repeats_the_best_trial(data_cfg, tracking_uri):
+    # trial_epochs 0 (the default): trials train exactly as the final model does, so the final
+    # training repeats the best trial epoch by epoch, and the first trial is the defaults.
+    steps.train_transfer(
+        data_cfg,
+        TransferConfig(trainable_blocks=1, views=1),
+        TrainConfig(**{**FAST, "batch_size": 32}),
+        TuneConfig(n_trials=3, timeout=0, pruner="none"),
+    )
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("Default").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`landmark.step` = 'train_transfer'")
+    summary = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/tuning/summary.json")
+    best = trial_runs(client, parent.info.run_id)[summary["best_number"]]
+
+    def history(run_id, key):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    for key in ("train/loss", "val/loss", "val/acc"):
+        assert history(parent.info.run_id, key) == history(best.info.run_id, key)
+    metrics = parent.data.metrics
+    assert len(history(parent.info.run_id, "val/acc")) == FAST["epochs"]
+    assert metrics["best_val_acc"] == pytest.approx(metrics["tuning/best_val_acc"])
+    assert metrics["tuning/best_val_acc"] >= metrics["tuning/default_val_acc"]
