@@ -2,8 +2,9 @@
 
 The exported module takes uint8 RGB photos of any size, one `(3, H, W)` or a batch
 `(B, 3, H, W)`, resizes and centre-crops them exactly as evaluation does, normalises (inside the
-model) and returns class probabilities. Class names, locations, preprocessing, metrics and the
-unknown-landmark threshold are stored in the file as `landmark.json`.
+model) and returns class probabilities, calibrated by the temperature fitted on validation data.
+Class names, locations, preprocessing, metrics and the unknown-landmark threshold are stored in
+the file as `landmark.json`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ METADATA_FILE = "landmark.json"
 class ExportedClassifier(nn.Module):
     """uint8 photos -> class probabilities, preprocessing included."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = models.fuse_for_inference(model).requires_grad_(False)
         self.resize_size = model.preprocessing.resize_size
         self.crop_size = model.preprocessing.crop_size
+        self.temperature = float(temperature)  # logits are divided by it before the softmax
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """`(3, H, W)` -> `(C,)`, or `(B, 3, H, W)` -> `(B, C)` probabilities."""
@@ -42,7 +44,8 @@ class ExportedClassifier(nn.Module):
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
         batch = resize_center_crop(batch, self.resize_size, self.crop_size)
-        probs = self.model(batch.contiguous(memory_format=torch.channels_last)).softmax(dim=-1)
+        logits = self.model(batch.contiguous(memory_format=torch.channels_last))
+        probs = (logits / self.temperature).softmax(dim=-1)
         return probs[0] if single else probs
 
 
@@ -61,10 +64,12 @@ def model_metadata(
     }
 
 
-def export_torchscript(model: nn.Module, metadata: dict[str, Any], path: Path) -> Path:
-    """Script `ExportedClassifier(model)` and save it with `metadata` inside."""
+def export_torchscript(
+    model: nn.Module, metadata: dict[str, Any], path: Path, temperature: float = 1.0
+) -> Path:
+    """Script `ExportedClassifier(model, temperature)` and save it with `metadata` inside."""
     with _torchscript_on_purpose():
-        scripted = torch.jit.script(ExportedClassifier(model).eval())
+        scripted = torch.jit.script(ExportedClassifier(model, temperature).eval())
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
     return path

@@ -287,23 +287,39 @@ def _finish(
     result: training.FitResult,
     train_cfg: TrainConfig,
 ) -> dict:
-    """Evaluate on test (once), pick the unknown-landmark threshold on val, export and log."""
+    """Calibrate on val, evaluate on test (once), pick the unknown-landmark threshold on val,
+    export and log."""
     tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc})
     tracking.log_figure(plots.training_curves(result.history), "plots/training_curves.png")
     inference = models.fuse_for_inference(model).to(memory_format=torch.channels_last)
-    test_probs, test_labels = _probabilities(inference, dataset.test, None, model.preprocessing)
-    val_probs, val_labels = _probabilities(inference, dataset.train, val_rows, model.preprocessing)
+    test_logits, test_labels = _logits(inference, dataset.test, None, model.preprocessing)
+    val_logits, val_labels = _logits(inference, dataset.train, val_rows, model.preprocessing)
+    temperature = evaluation.fit_temperature(val_logits, val_labels)
+    test_probs = _softmax(test_logits, temperature)
+    val_probs = _softmax(val_logits, temperature)
     report = evaluation.evaluate_predictions(test_probs, test_labels, dataset.class_names)
     threshold = evaluation.unknown_threshold(val_probs, val_labels)
-    tracking.log_metrics({"unknown_threshold": threshold})
+    uncalibrated_ece, _ = evaluation.calibration(_softmax(test_logits, 1.0), test_labels)
+    tracking.log_metrics(
+        {
+            "unknown_threshold": threshold,
+            "temperature": temperature,
+            "test/ece_uncalibrated": uncalibrated_ece,
+        }
+    )
     tracking.log_evaluation(report, _evaluation_figures(report, dataset))
     metadata = export.model_metadata(
         model, dataset, arch,
-        {"threshold": threshold, "metrics": report.metrics, "train_config": to_dict(train_cfg)},
+        {
+            "threshold": threshold,
+            "temperature": temperature,
+            "metrics": report.metrics,
+            "train_config": to_dict(train_cfg),
+        },
     )  # fmt: skip
     example = (dataset.root / dataset.test.paths[0]).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
-        path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt")
+        path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt", temperature)
         model_uri = tracking.log_model(path, metadata, example)
     version = tracking.register_model(
         model_uri,
@@ -323,12 +339,17 @@ def _finish(
     }
 
 
-def _probabilities(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:
+def _logits(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:
     loader = data.make_loader(
         data.CachedImages(split, rows, eval_transform(pre)), 64, train=False, num_workers=1
     )
     logits, labels = training.predict(model, loader, torch.device("cpu"))
-    return logits.softmax(dim=1).numpy(), labels.numpy()
+    return logits.numpy(), labels.numpy()
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities as the exported model computes them (`ExportedClassifier`)."""
+    return torch.from_numpy(logits / temperature).softmax(dim=1).numpy()
 
 
 def _evaluation_figures(report: evaluation.Report, dataset: data.LandmarkData) -> dict:

@@ -47,3 +47,25 @@ def test_unknown_threshold_keeps_most_correct_predictions():
     probs = np.stack([top, 1 - top], axis=1)
     threshold = evaluation.unknown_threshold(probs, np.zeros(1000, dtype=int), keep=0.9)
     assert np.mean(top >= threshold) == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 3.0])
+def test_temperature_scaling_recovers_the_temperature_of_the_data(true_temperature):
+    # Labels drawn from softmax(z); the model reports z * T, i.e. it is over- (T > 1) or
+    # under-confident (T < 1) by T. The fitted temperature must undo that and fix calibration.
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 2.0, size=(20_000, 5))
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    labels = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+    logits = z * true_temperature
+    temperature = evaluation.fit_temperature(logits, labels)
+    assert temperature == pytest.approx(true_temperature, rel=0.05)
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    before, _ = evaluation.calibration(softmax(logits), labels)
+    after, _ = evaluation.calibration(softmax(logits / temperature), labels)
+    assert after < 0.02 < before
+    assert (softmax(logits / temperature).argmax(1) == logits.argmax(1)).all()

@@ -57,6 +57,19 @@ def test_eager_scripted_and_reloaded_agree(trained, exported):
         assert torch.allclose(a.sum(-1), torch.ones(()), atol=1e-5)
 
 
+def test_the_exported_model_applies_its_temperature(trained, tmp_path):
+    plain, _ = export.load_torchscript(
+        export.export_torchscript(trained, METADATA, tmp_path / "a.pt")
+    )
+    path = export.export_torchscript(trained, METADATA, tmp_path / "b.pt", temperature=2.5)
+    calibrated, _ = export.load_torchscript(path)
+    x = torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8)
+    p, q = plain(x), calibrated(x)
+    assert torch.allclose(q, (p.log() / 2.5).softmax(-1), atol=1e-5)
+    assert torch.equal(p.argmax(-1), q.argmax(-1))
+    assert (q.max(-1).values < p.max(-1).values).all()  # T > 1: less confident
+
+
 def test_preprocessing_inside_matches_the_evaluation_path(trained, exported):
     """A photo given at full size = the model on the evaluation crop of that photo."""
     from landmark.preprocessing import eval_transform
