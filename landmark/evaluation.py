@@ -116,23 +116,34 @@ def unknown_threshold(probs: np.ndarray, labels: np.ndarray, keep: float = 0.95)
     return float(np.quantile(probs.max(axis=1)[correct], 1.0 - keep))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.1, 10.0)
+) -> float:
     """Temperature scaling (Guo et al., 2017): the `T` that minimises the negative log-likelihood
     of `softmax(logits / T)` on held-out data.
 
     One number, so it cannot overfit a validation split; it changes how confident the model
     is (label smoothing and short training leave it underconfident), never what it predicts.
+    The NLL is unimodal in log T, so a golden-section search finds it. When validation data
+    are all classified right the NLL keeps falling as T shrinks; `bounds` stops it there.
     """
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
 
-    def nll() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(z / np.exp(log_t), y))
 
-    optimizer.step(nll)
-    return float(log_t.detach().exp())
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    while hi - lo > 1e-4:
+        if fa < fb:  # the minimum lies in [lo, b]
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:  # in [a, hi]
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2.0))
