@@ -122,7 +122,7 @@ def fit_temperature(
     """Temperature scaling (Guo et al., 2017): the `T` that minimises the negative log-likelihood
     of `softmax(logits / T)` on held-out data.
 
-    One number, so it cannot overfit a validation split; it changes how confident the model
+    One number, so it barely overfits a validation split; it changes how confident the model
     is (label smoothing and short training leave it underconfident), never what it predicts.
     The NLL is unimodal in log T, so a golden-section search finds it. When validation data
     are all classified right the NLL keeps falling as T shrinks; `bounds` stops it there.
