@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 
@@ -124,26 +124,13 @@ def fit_temperature(
 
     One number, so it barely overfits a validation split; it changes how confident the model
     is (label smoothing and short training leave it underconfident), never what it predicts.
-    The NLL is unimodal in log T, so a golden-section search finds it. When validation data
+    The NLL is unimodal in log T, so a bounded scalar search finds it. When validation data
     are all classified right the NLL keeps falling as T shrinks; `bounds` stops it there.
     """
-    z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    rows = np.arange(len(labels))
 
     def nll(log_t: float) -> float:
-        return float(F.cross_entropy(z / np.exp(log_t), y))
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean())
 
-    lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(a), nll(b)
-    while hi - lo > 1e-4:
-        if fa < fb:  # the minimum lies in [lo, b]
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = nll(a)
-        else:  # in [a, hi]
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = nll(b)
-    return float(np.exp((lo + hi) / 2.0))
+    found = minimize_scalar(nll, bounds=np.log(bounds), method="bounded")
+    return float(np.exp(found.x))
