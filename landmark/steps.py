@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 
 from landmark import (
@@ -295,11 +296,11 @@ def _finish(
     test_logits, test_labels = _logits(inference, dataset.test, None, model.preprocessing)
     val_logits, val_labels = _logits(inference, dataset.train, val_rows, model.preprocessing)
     temperature = evaluation.fit_temperature(val_logits, val_labels)
-    test_probs = _softmax(test_logits, temperature)
-    val_probs = _softmax(val_logits, temperature)
+    test_probs = softmax(test_logits / temperature, axis=1)  # as the exported model does
+    val_probs = softmax(val_logits / temperature, axis=1)
     report = evaluation.evaluate_predictions(test_probs, test_labels, dataset.class_names)
     threshold = evaluation.unknown_threshold(val_probs, val_labels)
-    uncalibrated_ece, _ = evaluation.calibration(_softmax(test_logits, 1.0), test_labels)
+    uncalibrated_ece, _ = evaluation.calibration(softmax(test_logits, axis=1), test_labels)
     tracking.log_metrics(
         {
             "unknown_threshold": threshold,
@@ -345,11 +346,6 @@ def _logits(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:
     )
     logits, labels = training.predict(model, loader, torch.device("cpu"))
     return logits.numpy(), labels.numpy()
-
-
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities as the exported model computes them (`ExportedClassifier`)."""
-    return torch.from_numpy(logits / temperature).softmax(dim=1).numpy()
 
 
 def _evaluation_figures(report: evaluation.Report, dataset: data.LandmarkData) -> dict:
