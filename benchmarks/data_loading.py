@@ -77,8 +77,9 @@ def main() -> None:
         )
         cached = data.CachedImages(dataset.train, transform=train_transform(pre, strength))
         ours = data.make_loader(
-            cached, args.batch_size, train=True, jitter_strength=strength, num_workers=args.workers
-        )
+            cached, args.batch_size, seed=0, shuffle=True, augment=strength,
+            num_workers=args.workers,
+        )  # fmt: skip
         pipelines = {
             "ImageFolder + PIL (float)": (baseline, None),
             "decode cache (uint8)": (ours, None),

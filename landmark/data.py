@@ -350,25 +350,42 @@ class CachedImages(torch.utils.data.Dataset):
         return img, int(self.split.labels[row])
 
 
+def derive_seed(seed: int, *indices: int) -> int:
+    """A 32-bit seed of its own for `(seed, *indices)`, e.g. `(cfg.seed, view)` or
+    `(cfg.seed, epoch)`: independent streams, none of them "seeded 0 by default"."""
+    return int(np.random.SeedSequence([seed, *indices]).generate_state(1)[0])
+
+
 def make_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
-    train: bool,
-    jitter_strength: float = 0.0,
+    *,
+    seed: int | None,
+    shuffle: bool = False,
+    augment: float = 0.0,
     num_workers: int = 2,
-    seed: int = 0,
 ) -> torch.utils.data.DataLoader:
     """uint8 `(B, 3, H, W)` batches of the dataset's photos with their labels.
 
-    For training: shuffled (seeded), incomplete last batch dropped, colour-jittered per photo.
+    `shuffle` (training) also drops an incomplete last batch; `augment` > 0 colour-jitters
+    each photo. All randomness comes from `seed`: the loader's generator orders the photos and
+    draws the seeds of the worker processes, which do the random crops and the jitter. Workers
+    are started afresh for every pass over the data, so a pass is fixed by the generator's state
+    when it starts (`fit` reseeds it every epoch): a resumed run repeats an uninterrupted one.
+    With `num_workers=0` the work runs in this process on the global RNGs (`seed_everything`).
+    `seed=None` is for loaders without randomness (evaluation).
     """
+    if seed is None and (shuffle or augment):
+        raise ValueError("a shuffled or augmented loader needs a seed")
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(dataset) > batch_size,
         num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        collate_fn=Collate(jitter_strength if train else 0.0),
-        generator=torch.Generator().manual_seed(seed),
+        # Persistent workers would keep their RNG state from the first epoch on, so a resumed
+        # run's workers (seeded at its first epoch) would crop differently from the original's.
+        persistent_workers=False,
+        collate_fn=Collate(augment),
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
     )

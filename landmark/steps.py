@@ -111,7 +111,8 @@ def train_scratch(
             training.seed_everything(data_cfg.seed)
             model = models.build_model("landmark_cnn", dataset.num_classes, **asdict(cfg))
             model = model.to(memory_format=torch.channels_last)
-            return model, model, *_image_loaders(model, dataset, train_rows, val_rows, train_cfg)
+            loaders = _image_loaders(model, dataset, train_rows, val_rows, train_cfg, data_cfg.seed)
+            return model, model, *loaders
 
         study = f"train_scratch-{dataset.fingerprint[:12]}"
         space = tuning.scratch_space
@@ -143,21 +144,23 @@ def _transfer_builder(data_cfg, cfg, train_cfg, dataset, train_rows, val_rows) -
         model = new_model(cfg)
         lowest = len(model.stages()) - (0 if cfg.mode == "frozen" else cfg.trainable_blocks)
         caches[lowest] = transfer.cache_views(
-            model, dataset, train_rows, val_rows, lowest, train_cfg.augment, cfg.views
-        )
+            model, dataset, train_rows, val_rows, lowest, train_cfg.augment, cfg.views,
+            data_cfg.seed,
+        )  # fmt: skip
 
     def build(cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
         model = new_model(cfg)
         trainable = 0 if cfg.mode == "frozen" else cfg.trainable_blocks
         if isinstance(model, models.TorchvisionClassifier):
             models.freeze(model, trainable)
-            return model, model, *_image_loaders(model, dataset, train_rows, val_rows, train_cfg)
+            loaders = _image_loaders(model, dataset, train_rows, val_rows, train_cfg, data_cfg.seed)
+            return model, model, *loaders
         start = len(model.stages()) - trainable
         if start not in caches:
             caches[start] = transfer.advance(caches[min(caches)], model, start)
         models.freeze(model, trainable)
         net = transfer.Suffix(model, start)
-        return model, net, *caches[start].loaders(train_cfg.batch_size)
+        return model, net, *caches[start].loaders(train_cfg.batch_size, data_cfg.seed)
 
     return build
 
@@ -257,13 +260,20 @@ def _log_dataset(cfg: DataConfig, dataset: data.LandmarkData) -> None:
     tracking.log_params({"fingerprint": dataset.fingerprint, "num_classes": dataset.num_classes})
 
 
-def _image_loaders(model, dataset, train_rows, val_rows, cfg: TrainConfig):
+def _image_loaders(model, dataset, train_rows, val_rows, cfg: TrainConfig, seed: int):
     pre = model.preprocessing
     train_set = data.CachedImages(dataset.train, train_rows, train_transform(pre, cfg.augment))
     val_set = data.CachedImages(dataset.train, val_rows, eval_transform(pre))
     return (
-        data.make_loader(train_set, cfg.batch_size, True, cfg.augment, cfg.num_workers),
-        data.make_loader(val_set, cfg.batch_size, False, num_workers=cfg.num_workers),
+        data.make_loader(
+            train_set,
+            cfg.batch_size,
+            seed=seed,
+            shuffle=True,
+            augment=cfg.augment,
+            num_workers=cfg.num_workers,
+        ),  # fmt: skip
+        data.make_loader(val_set, cfg.batch_size, seed=None, num_workers=cfg.num_workers),
     )
 
 
@@ -342,7 +352,7 @@ def _finish(
 
 def _logits(model, split, rows, pre) -> tuple[np.ndarray, np.ndarray]:
     loader = data.make_loader(
-        data.CachedImages(split, rows, eval_transform(pre)), 64, train=False, num_workers=1
+        data.CachedImages(split, rows, eval_transform(pre)), 64, seed=None, num_workers=1
     )
     logits, labels = training.predict(model, loader, torch.device("cpu"))
     return logits.numpy(), labels.numpy()

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from landmark.config import TrainConfig
+from landmark.data import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def fit(
 
 
 def _seed_epoch(loader: torch.utils.data.DataLoader, seed: int, epoch: int) -> None:
-    epoch_seed = seed * 1000 + epoch
+    epoch_seed = derive_seed(seed, epoch)
     seed_everything(epoch_seed)
     if loader.generator is not None:  # shuffling order and worker seeds
         loader.generator.manual_seed(epoch_seed)

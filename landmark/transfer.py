@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from landmark import data, models
-from landmark.preprocessing import ColourJitter, eval_transform, train_transform
+from landmark.preprocessing import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +69,20 @@ def cache_activations(
     split: data.Split,
     rows: np.ndarray,
     transform: nn.Module,
-    jitter: float = 0.0,
+    seed: int,
+    augment: float = 0.0,
     batch_size: int = 32,
     desc: str = "activations",
 ) -> torch.Tensor:
-    """Run `body` once over `rows` of `split` (one view each); bf16 outputs `(N, ...)`."""
-    loader = data.make_loader(
-        data.CachedImages(split, rows, transform), batch_size, train=False, num_workers=1
-    )
-    colour = ColourJitter(jitter)
+    """Run `body` once over `rows` of `split` (one view each, in order); bf16 outputs `(N, ...)`.
+
+    The view's random crops and colour jitter come from `seed` alone.
+    """
+    images = data.CachedImages(split, rows, transform)
+    loader = data.make_loader(images, batch_size, seed=seed, augment=augment, num_workers=1)
     outputs = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        images = colour(images).contiguous(memory_format=torch.channels_last)
-        outputs.append(body(images).to(torch.bfloat16))
+    for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+        outputs.append(body(batch.contiguous(memory_format=torch.channels_last)).to(torch.bfloat16))
     return torch.cat(outputs)
 
 
@@ -110,13 +111,13 @@ class ActivationCache:
     train_labels: np.ndarray
     val_labels: np.ndarray
 
-    def loaders(self, batch_size: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(self, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
         """Training loader (a random view of each photo per epoch) and validation loader."""
         train_set = CachedViews(self.train, self.train_labels)
         val_set = CachedViews(self.val[None], self.val_labels)
         return (
-            data.make_loader(train_set, batch_size, train=True, num_workers=0),
-            data.make_loader(val_set, 256, train=False, num_workers=0),
+            data.make_loader(train_set, batch_size, seed=seed, shuffle=True, num_workers=0),
+            data.make_loader(val_set, 256, seed=None, num_workers=0),
         )
 
 
@@ -128,21 +129,28 @@ def cache_views(
     start: int,
     augment: float,
     views: int,
+    seed: int,
 ) -> ActivationCache:
     """Run the model's stages before `start` once over a centre view and `views` augmented
-    views of every training photo and over the validation photos; keep the outputs."""
+    views of every training photo and over the validation photos; keep the outputs.
+
+    Augmented view `v` is seeded from `(seed, v)`: every view has crops of its own, and the
+    same seed gives the same views.
+    """
     body = prefix(model, start)
     pre = model.preprocessing
     centre = eval_transform(pre)
-    train_views = [cache_activations(body, dataset.train, train_rows, centre, desc="train view 1")]
-    for v in range(views):
+    train_views = [
+        cache_activations(body, dataset.train, train_rows, centre, seed, desc="train view 1")
+    ]
+    for v in range(1, views + 1):
         train_views.append(
             cache_activations(
-                body, dataset.train, train_rows, train_transform(pre, augment), augment,
-                desc=f"train view {v + 2}",
+                body, dataset.train, train_rows, train_transform(pre, augment),
+                data.derive_seed(seed, v), augment, desc=f"train view {v + 1}",
             )
         )  # fmt: skip
-    val = cache_activations(body, dataset.train, val_rows, centre, desc="val")
+    val = cache_activations(body, dataset.train, val_rows, centre, seed, desc="val")
     log.info("Cached %s activations of %d views", tuple(val.shape[1:]), views + 1)
     labels = dataset.train.labels
     train = torch.stack(train_views)
@@ -173,23 +181,3 @@ def advance(cache: ActivationCache, model: nn.Module, start: int) -> ActivationC
 class _GlobalPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
-
-
-def build_cached_loaders(
-    model: nn.Module,
-    dataset: data.LandmarkData,
-    train_rows: np.ndarray,
-    val_rows: np.ndarray,
-    trainable_stages: int,
-    augment: float,
-    views: int,
-    batch_size: int,
-) -> tuple[nn.Module, DataLoader, DataLoader]:
-    """Freeze the model's lower stages, cache their outputs, and return (suffix, loaders).
-
-    The training set has a centre view plus `views` augmented views of every photo.
-    """
-    start = len(model.stages()) - trainable_stages
-    models.freeze(model, trainable_stages)
-    cache = cache_views(model, dataset, train_rows, val_rows, start, augment, views)
-    return (Suffix(model, start), *cache.loaders(batch_size))

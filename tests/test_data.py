@@ -143,14 +143,14 @@ def test_loaders_give_uint8_batches(data_cfg):
     image, label = train[0]
     assert image.shape == (3, 56, 56) and image.dtype == torch.uint8
     assert label == int(loaded.train.labels[0])
-    loader = data.make_loader(train, batch_size=4, train=True, jitter_strength=0.7)
+    loader = data.make_loader(train, batch_size=4, seed=1, shuffle=True, augment=0.7)
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 56, 56) and images.dtype == torch.uint8
     assert labels.shape == (4,)
 
     test = data.CachedImages(loaded.test, rows=np.array([1, 0]), transform=eval_transform(pre))
     assert len(test) == 2
-    eval_loader = data.make_loader(test, batch_size=2, train=False, num_workers=0)
+    eval_loader = data.make_loader(test, batch_size=2, seed=None, num_workers=0)
     first, second = next(iter(eval_loader))[0], next(iter(eval_loader))[0]
     assert torch.equal(first, second)  # evaluation is deterministic and in order
     assert torch.equal(first[1], eval_transform(pre)(test.images[0].permute(2, 0, 1)))

@@ -22,15 +22,17 @@ def tiny_model(num_classes: int = 3, norm: str = "batch") -> torch.nn.Module:
     )
 
 
-def loaders(data_cfg, model, augment: float = 0.5):
+def loaders(data_cfg, model, augment: float = 0.5, num_workers: int = 0):
     dataset = data.load_data(data_cfg)
     train_rows, val_rows = data.stratified_split(dataset.train.labels, 0.25, seed=0)
     pre = model.preprocessing
     train_set = data.CachedImages(dataset.train, train_rows, train_transform(pre, augment))
     val_set = data.CachedImages(dataset.train, val_rows, eval_transform(pre))
     return (
-        data.make_loader(train_set, 8, train=True, jitter_strength=augment, num_workers=0),
-        data.make_loader(val_set, 8, train=False, num_workers=0),
+        data.make_loader(
+            train_set, 8, seed=5, shuffle=True, augment=augment, num_workers=num_workers
+        ),
+        data.make_loader(val_set, 8, seed=None, num_workers=num_workers),
     )
 
 
@@ -74,10 +76,12 @@ def test_fit_smoke_writes_checkpoints_and_calls_back(data_cfg, tmp_path):
         assert torch.equal(value, restored.state_dict()[key]), key
 
 
-def test_resume_continues_where_it_stopped(data_cfg, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_where_it_stopped(data_cfg, tmp_path, num_workers):
+    """Also with loader workers: they are seeded per epoch, not once per run."""
     four = dataclasses.replace(TINY, epochs=4, patience=10)
     straight = tiny_model()
-    train_loader, val_loader = loaders(data_cfg, straight)
+    train_loader, val_loader = loaders(data_cfg, straight, num_workers=num_workers)
     full = training.fit(straight, train_loader, val_loader, four, 7, tmp_path / "a")
 
     interrupted = tiny_model()
