@@ -2,6 +2,7 @@
 #   make run DATA=<folder|zip|url>   venv + pinned deps, then `mlflow run . -e main` on DATA
 #                                    (no DATA: the MLproject default, the course's zip)
 #   make test                        venv + pinned deps, then the test suite
+#   make system-deps                 the Debian packages of the browser, exiftool and Spark tests
 # Both are idempotent: the venv is rebuilt only when requirements.txt or pyproject.toml change.
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ DATA_ARG := $(if $(wildcard $(DATA)),$(abspath $(DATA)),$(DATA))
 # `mlflow run --env-manager local` runs `python` from PATH: it must be the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv run test lint benchmark ui serve app clean-venv
+.PHONY: venv run test system-deps lint benchmark ui serve app clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +36,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	scripts/system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

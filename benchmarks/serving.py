@@ -33,7 +33,8 @@ import requests
 import torch
 from PIL import Image
 
-from landmark.serving import Predictor
+from landmark.config import CHAMPION_URI
+from landmark.runtime.predictor import Predictor
 
 
 def free_port() -> int:
@@ -106,7 +107,7 @@ def percentile(times: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data set folder (a test photo is used)")
-    parser.add_argument("--model", default="models:/landmark-classifier@champion")
+    parser.add_argument("--model", default=CHAMPION_URI)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between requests")
     args = parser.parse_args()

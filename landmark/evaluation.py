@@ -8,12 +8,19 @@ the probabilities on validation data before any of this.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
 
 @dataclass
@@ -27,13 +34,38 @@ class Report:
     mistakes: list[dict]  # most confident wrong predictions: row, true, predicted, probability
 
 
-def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
+@dataclass(frozen=True)
+class Calibration:
+    """What the validation photos decide before the test split is seen."""
+
+    temperature: float  # logits are divided by it before the softmax
+    threshold: float  # calibrated top probability below which a photo is not `known`
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities `(N, C)`, as the exported model computes them."""
+        return softmax(logits / self.temperature, axis=1)
 
 
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, dict]:
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> Calibration:
+    """Fit the temperature on validation logits, then pick the unknown-landmark threshold on
+    the calibrated validation probabilities."""
+    calibration = Calibration(fit_temperature(val_logits, val_labels), threshold=0.0)
+    threshold = unknown_threshold(calibration.probabilities(val_logits), val_labels)
+    return dataclasses.replace(calibration, threshold=threshold)
+
+
+def evaluate(
+    logits: np.ndarray, labels: np.ndarray, calibration: Calibration, class_names: list[str]
+) -> Report:
+    """The test report of calibrated logits, as the exported model will answer, plus the
+    calibration error the temperature removed (`test/ece_uncalibrated`)."""
+    report = evaluate_predictions(calibration.probabilities(logits), labels, class_names)
+    uncalibrated, _ = calibration_curve(softmax(logits, axis=1), labels)
+    report.metrics["test/ece_uncalibrated"] = uncalibrated
+    return report
+
+
+def calibration_curve(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, dict]:
     """Expected calibration error (top-1 confidence vs accuracy in equal-width bins) and bins."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -60,17 +92,24 @@ def evaluate_predictions(
     """All evaluation results from predicted probabilities `(N, C)` and true labels `(N,)`."""
     num_classes = len(class_names)
     predicted = probs.argmax(axis=1)
-    ece, bins = calibration(probs, labels)
-    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
+    classes = np.arange(num_classes)
+    ece, bins = calibration_curve(probs, labels)
+
+    def top(k: int) -> float:
+        k = min(k, num_classes)  # scikit-learn refuses k >= classes; all of them is 1.0 anyway
+        if k == num_classes:
+            return 1.0
+        return float(top_k_accuracy_score(labels, probs, k=k, labels=classes))
+
     metrics = {
-        f"{prefix}top1": top_k_accuracy(probs, labels, 1),
-        f"{prefix}top3": top_k_accuracy(probs, labels, 3),
-        f"{prefix}top5": top_k_accuracy(probs, labels, 5),
+        f"{prefix}top1": top(1),
+        f"{prefix}top3": top(3),
+        f"{prefix}top5": top(5),
         f"{prefix}macro_f1": float(
             f1_score(labels, predicted, average="macro", labels=range(num_classes), zero_division=0)
         ),
         f"{prefix}ece": ece,
-        f"{prefix}nll": float(nll),
+        f"{prefix}nll": float(log_loss(labels, probs, labels=classes)),
     }
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=range(num_classes), zero_division=0
@@ -112,7 +151,7 @@ def unknown_threshold(probs: np.ndarray, labels: np.ndarray, keep: float = 0.95)
     """
     correct = probs.argmax(axis=1) == labels
     if not correct.any():
-        return 0.5
+        return 1.0  # it got nothing right: it knows nothing
     return float(np.quantile(probs.max(axis=1)[correct], 1.0 - keep))
 
 

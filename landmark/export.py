@@ -9,22 +9,18 @@ the file as `landmark.json`.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import warnings
-from collections.abc import Iterator
-from dataclasses import asdict
+import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from landmark import models
+from landmark.config import TrainConfig
 from landmark.data import LandmarkData
 from landmark.preprocessing import resize_center_crop
-
-METADATA_FILE = "landmark.json"
+from landmark.runtime.contract import METADATA_FILE, ModelMetadata
+from landmark.runtime.predictor import torchscript_on_purpose
 
 
 class ExportedClassifier(nn.Module):
@@ -49,43 +45,28 @@ class ExportedClassifier(nn.Module):
         return probs[0] if single else probs
 
 
-def model_metadata(
-    model: nn.Module, dataset: LandmarkData, arch: str, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """What any copy of the model needs to explain itself: classes, places, preprocessing."""
-    return {
-        "arch": arch,
-        "class_folders": dataset.class_folders,
-        "class_names": dataset.class_names,
-        "locations": {folder: asdict(loc) for folder, loc in dataset.locations.items()},
-        "preprocessing": asdict(model.preprocessing),
-        "data_fingerprint": dataset.fingerprint,
-        **(extra or {}),
-    }
+def describe(
+    model: nn.Module, dataset: LandmarkData, arch: str, train_cfg: TrainConfig
+) -> ModelMetadata:
+    """What any copy of the model needs to explain itself: classes, places, preprocessing;
+    the threshold, temperature and metrics are added once they are known."""
+    return ModelMetadata(
+        arch=arch,
+        class_folders=tuple(dataset.class_folders),
+        class_names=tuple(dataset.class_names),
+        preprocessing=model.preprocessing,
+        locations=dict(dataset.locations),
+        data_fingerprint=dataset.fingerprint,
+        train_config=dataclasses.asdict(train_cfg),
+    )
 
 
-def export_torchscript(
-    model: nn.Module, metadata: dict[str, Any], path: Path, temperature: float = 1.0
-) -> Path:
-    """Script `ExportedClassifier(model, temperature)` and save it with `metadata` inside."""
-    with _torchscript_on_purpose():
-        scripted = torch.jit.script(ExportedClassifier(model, temperature).eval())
+def export_torchscript(model: nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    """Script `ExportedClassifier(model, metadata.temperature)` on the CPU (wherever the model
+    trained) and save it with `metadata` inside."""
+    with torchscript_on_purpose():
+        exported = ExportedClassifier(model, metadata.temperature).cpu().eval()
+        scripted = torch.jit.script(exported)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: metadata.to_json()})
     return path
-
-
-def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """The scripted classifier and its metadata."""
-    extra = {METADATA_FILE: ""}
-    with _torchscript_on_purpose():
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return module.eval(), json.loads(extra[METADATA_FILE])
-
-
-@contextlib.contextmanager
-def _torchscript_on_purpose() -> Iterator[None]:
-    """Silence torch's TorchScript deprecation notice: TorchScript is the format we ship."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
-        yield

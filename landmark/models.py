@@ -19,17 +19,19 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import FrozenBatchNorm2d
 
 from landmark import efficientnet_lite
-from landmark.preprocessing import Normalize, Preprocessing
+from landmark.config import SCRATCH_ARCH, TRANSFER_ARCHS
+from landmark.preprocessing import Normalize
+from landmark.runtime.contract import Preprocessing
+
+NORMS: dict[str, Callable[[int], nn.Module]] = {  # the choices of `ScratchConfig.norm`
+    "batch": nn.BatchNorm2d,
+    "group": lambda channels: nn.GroupNorm(min(8, channels), channels),
+    "none": lambda channels: nn.Identity(),
+}
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {kind!r}")
+    return NORMS[kind](channels)
 
 
 class ResidualBlock(nn.Module):
@@ -57,7 +59,8 @@ class ResidualBlock(nn.Module):
 
 
 class LandmarkCNN(nn.Module):
-    """A residual CNN for landmark photos, trained from scratch.
+    """A residual CNN for landmark photos, trained from scratch. Every size is given
+    (`config.ScratchConfig` holds the defaults).
 
     Args:
         num_classes: number of landmarks (from the data).
@@ -72,12 +75,13 @@ class LandmarkCNN(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        depth: int = 4,
-        width: int = 32,
-        blocks: int = 1,
-        norm: str = "batch",
-        dropout: float = 0.3,
-        image_size: int = 128,
+        *,
+        depth: int,
+        width: int,
+        blocks: int,
+        norm: str,
+        dropout: float,
+        image_size: int,
     ) -> None:
         super().__init__()
         self.preprocessing = Preprocessing(
@@ -125,15 +129,17 @@ def classifier(num_features: int, num_classes: int, head_size: int = 0) -> nn.Mo
 
 
 class LiteClassifier(efficientnet_lite.EfficientNetLite):
-    """EfficientNet-Lite taking uint8 images, optionally with its ImageNet weights."""
+    """EfficientNet-Lite taking uint8 images, with its ImageNet weights unless `pretrained` is
+    false (tests); `dropout` and `head_size` as `config.TransferConfig` says."""
 
     def __init__(
         self,
         num_classes: int,
-        variant: str = "efficientnet_lite0",
+        variant: str,
+        *,
+        dropout: float,
+        head_size: int,
         pretrained: bool = True,
-        dropout: float = 0.2,
-        head_size: int = 0,
     ) -> None:
         super().__init__(num_classes, variant, dropout=dropout)
         self.preprocessing = efficientnet_lite.preprocessing(variant)
@@ -159,9 +165,10 @@ class TorchvisionClassifier(nn.Module):
         self,
         num_classes: int,
         arch: str,
-        weights: str | None = "DEFAULT",
-        dropout: float = 0.2,
-        head_size: int = 0,
+        *,
+        weights: str | None,
+        dropout: float,
+        head_size: int,
     ) -> None:
         super().__init__()
         enum = torchvision.models.get_model_weights(arch)
@@ -215,12 +222,14 @@ def _strip_classifier(net: nn.Module) -> int:
     return features
 
 
+# The names configs allow (`config.SCRATCH_ARCH`, `config.TRANSFER_ARCHS`); a test checks both.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "landmark_cnn": LandmarkCNN,
-    **{v: partial(LiteClassifier, variant=v) for v in efficientnet_lite.VARIANTS},
+    SCRATCH_ARCH: LandmarkCNN,
     **{
-        arch: partial(TorchvisionClassifier, arch=arch)
-        for arch in ("resnet50", "convnext_tiny", "efficientnet_v2_s")
+        arch: partial(LiteClassifier, variant=arch)
+        if arch in efficientnet_lite.VARIANTS
+        else partial(TorchvisionClassifier, arch=arch)
+        for arch in TRANSFER_ARCHS
     },
 }
 

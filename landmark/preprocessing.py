@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from landmark.runtime.contract import Preprocessing
+
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's grayscale
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Evaluation geometry and normalisation; it follows the model's weights."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 def resize_center_crop(img: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CHAMPION, PREVIOUS = "champion", "previous"
+from landmark.config import CHAMPION, PREVIOUS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Getting a data set onto disk: a local folder, a local zip, or a zip at an http(s) URL.
 
-Downloads are verified (size, zip integrity, optional sha256) and, like extractions, written
-atomically: a failure leaves nothing half-done behind, and finished work is reused next time.
+Downloads retry transient failures (urllib3's `Retry`), are verified (size, zip integrity,
+optional sha256) and, like extractions, written atomically: a failure leaves nothing half-done
+behind, and finished work is reused next time.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import shutil
 import stat
 import tempfile
 import urllib.parse
-import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import requests
+from requests.adapters import HTTPAdapter
 from tqdm.auto import tqdm
+from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+RETRIES = 4  # attempts after the first, for refused connections and 429/5xx answers
 
 
 class DataSourceError(RuntimeError):
@@ -83,21 +87,45 @@ def download(url: str, dest: Path, sha256: str = "") -> Path:
     return dest
 
 
-def _stream(url: str, out) -> tuple[int, int | None]:
-    request = urllib.request.Request(url, headers={"User-Agent": "landmark"})
+def http_session(retries: int = RETRIES, backoff: float = 1.0) -> requests.Session:
+    """A session that retries what is usually transient: refused or dropped connections and
+    HTTP 429/500/502/503/504 (honouring Retry-After), waiting `backoff` x 1, 2, 4, ... s."""
+    retry = Retry(
+        total=retries,
+        backoff_factor=backoff,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+    )
+    session = requests.Session()
+    session.headers["User-Agent"] = "landmark"
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(max_retries=retry))
+    return session
+
+
+def _stream(url: str, out, session: requests.Session | None = None) -> tuple[int, int | None]:
+    session = session or http_session()
     try:
-        response = urllib.request.urlopen(request, timeout=60)
-    except OSError as e:
+        response = session.get(url, stream=True, timeout=60)
+        response.raise_for_status()
+    except requests.RequestException as e:
         raise DataSourceError(f"cannot download {url}: {e}") from e
     with response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length else None
         received = 0
         with tqdm(total=expected, unit="B", unit_scale=True, desc=f"Downloading {url}") as bar:
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
+            try:
+                for chunk in response.iter_content(CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except requests.RequestException as e:
+                total = f"{expected:,}" if expected is not None else "?"
+                raise DataSourceError(
+                    f"download of {url} stopped after {received:,} of {total} bytes ({e}); retry"
+                ) from e
     return received, expected
 
 

@@ -1,6 +1,9 @@
-"""Every MLflow call of the project lives here: runs, params, metrics, artifacts, data sets.
+"""Every MLflow call of the project lives here: runs, params, metrics, artifacts, data sets,
+the logged model, the registry, and fetching models for the runtime.
 
-The logged model is a pyfunc (`LandmarkPyfunc`) around the exported TorchScript file.
+Shared by training and the runtime, it imports neither side's heavy parts: only the runtime's
+predictor and contract. The logged model is a pyfunc (`LandmarkPyfunc`) around the exported
+TorchScript file.
 The tracking store is whatever MLflow resolves (`MLFLOW_TRACKING_URI`, else MLflow 3's default
 `sqlite:///mlflow.db` with artifacts in `./mlruns`). Under `mlflow run`, `start_run` resumes the
 run that `mlflow run` created; steps of a multi-step pipeline become nested runs.
@@ -26,6 +29,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from landmark.config import REGISTERED_MODEL, ServeConfig
+from landmark.runtime.contract import ModelMetadata
+from landmark.runtime.predictor import BadRequestError, Predictor
+
+SERVE = ServeConfig()
 
 log = logging.getLogger(__name__)
 
@@ -150,25 +159,23 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
     """The logged MLflow model: a column `image` of encoded photos in, one answer per photo out.
 
     Params per request: `top_k` (how many landmarks) and `threshold` (below it, `known` is
-    false). The TorchScript file does the work; `serving.Predictor` wraps it.
+    false). The TorchScript file does the work; `runtime.predictor.Predictor` wraps it.
+    Every version ever logged names this class (`landmark.tracking.LandmarkPyfunc`) in its
+    model code: it stays here, and it reads every metadata schema.
     """
 
     def load_context(self, context) -> None:
-        from landmark.serving import Predictor
-
         self.predictor = Predictor.load(context.artifacts["torchscript"])
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[dict]:
-        from landmark.serving import DEFAULT_TOP_K, BadRequestError
-
         params = params or {}
         try:
             photos = _photo_column(model_input)
             return self.predictor.predict(
                 photos,
-                int(params.get("top_k", DEFAULT_TOP_K)),
+                int(params.get("top_k", SERVE.top_k)),
                 params.get("threshold"),
                 params.get("errors", "raise"),
             )
@@ -177,8 +184,6 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def _photo_column(model_input: Any) -> list[bytes]:
-    from landmark.serving import BadRequestError
-
     if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
         raise BadRequestError("expected a column 'image' of encoded photos (base64 in JSON)")
     photos = []
@@ -196,14 +201,16 @@ def _photo_column(model_input: Any) -> list[bytes]:
     return photos
 
 
-def log_model(torchscript_path: Path, metadata: dict[str, Any], example_photo: bytes) -> str:
+def log_model(torchscript_path: Path, metadata: ModelMetadata, example_photo: bytes) -> str:
     """Log the exported classifier as this run's MLflow model `model`; return its URI."""
+    if metadata.threshold is None:
+        raise ValueError("an exported model needs its threshold (chosen on validation photos)")
     signature = ModelSignature(
         inputs=Schema([ColSpec("binary", "image")]),
         params=ParamSchema(
             [
-                ParamSpec("top_k", "long", min(5, len(metadata["class_folders"]))),
-                ParamSpec("threshold", "double", float(metadata.get("threshold", 0.5))),
+                ParamSpec("top_k", "long", min(SERVE.top_k, metadata.num_classes)),
+                ParamSpec("threshold", "double", metadata.threshold),
                 ParamSpec("errors", "string", "raise"),  # "report": bad photos answer an error
             ]
         ),
@@ -228,7 +235,7 @@ def _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata
         input_example=pd.DataFrame({"image": [example_photo]}),
         code_paths=[str(Path(__file__).parent)],
         pip_requirements=_requirements(),
-        metadata={k: metadata[k] for k in ("arch", "data_fingerprint") if k in metadata},
+        metadata={"arch": metadata.arch, "data_fingerprint": metadata.data_fingerprint},
     )
 
 
@@ -258,14 +265,21 @@ def set_tags(tags: dict[str, str]) -> None:
 
 # --- Model registry -------------------------------------------------------------------------
 
-REGISTERED_MODEL = "landmark-classifier"
 
-
-def register_model(model_uri: str, tags: dict[str, Any], name: str = REGISTERED_MODEL) -> str:
-    """Make the logged model a new version of the registered model `name`; return the version."""
+def register_model(model_uri: str, metadata: ModelMetadata, name: str = REGISTERED_MODEL) -> str:
+    """Make the logged model a new version of the registered model `name`, tagged with what
+    promotion compares (architecture, data set, run, test metrics); return the version."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         version = mlflow.register_model(model_uri, name).version
+    tags = {
+        "arch": metadata.arch,
+        "data_fingerprint": metadata.data_fingerprint,
+        "run_id": active_run_id(),
+        "threshold": metadata.threshold,
+        "temperature": metadata.temperature,
+        **metadata.metrics,
+    }
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))

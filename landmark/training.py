@@ -7,12 +7,13 @@ the optimiser, scheduler and early-stopping state and any metadata the caller ad
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from landmark.config import TrainConfig
 from landmark.data import derive_seed
+from landmark.runtime.contract import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +39,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" -> CUDA if available, else CPU; otherwise the named device."""
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA if available, else CPU; otherwise the named device, which must exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this machine has no CUDA GPU; use device=auto or cpu")
+    return device
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """True fp32 on CUDA (no TF32 convolutions or matmuls): what the exported model computes
+    on the CPU, so evaluation and served answers agree."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 for "bf16", or for "auto" where the hardware runs it natively; else None (fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
     if precision == "auto":
         native = (
             torch.cuda.is_bf16_supported()
@@ -57,7 +71,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             else torch.ops.mkldnn._is_mkldnn_bf16_supported()
         )
         return torch.bfloat16 if native else None
-    raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    return {"bf16": torch.bfloat16, "fp32": None}[precision]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -70,31 +84,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    return torch.optim.AdamW(groups, lr=cfg.lr)  # the config allows only these two
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: cosine decay after one linear warm-up epoch, or one-cycle."""
+    """Per-step schedule: one-cycle, or cosine decay after one linear warm-up epoch."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
-    if cfg.schedule == "cosine":
-        warmup = min(steps_per_epoch, total // 2)
+    warmup = min(steps_per_epoch, total // 2)
 
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {cfg.schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
 
 def train_one_epoch(
@@ -144,8 +154,9 @@ def predict(
     device: torch.device,
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits `(N, C)` and labels `(N,)` of every batch of `loader`, in order."""
-    model.eval()
+    """Logits `(N, C)` and labels `(N,)` of every batch of `loader`, in order, computed on
+    `device` (the model is moved there)."""
+    model.to(device).eval()
     logits, labels = [], []
     for images, targets in tqdm(loader, desc="predict", unit="batch", leave=False):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -186,9 +197,9 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     checkpoint_dir: Path,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device,
     on_epoch_end: EpochCallback | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: ModelMetadata | None = None,
 ) -> FitResult:
     """Train with early stopping on validation accuracy; leave the best weights in `model`.
 
@@ -269,7 +280,7 @@ def _save(path, model, optimizer, scheduler, state, cfg, metadata, best_weights=
         "scheduler": scheduler.state_dict(),
         "state": state,
         "train_config": asdict(cfg),
-        "metadata": metadata or {},
+        "metadata": metadata.to_json() if metadata else None,
     }
     if best_weights is not None:
         checkpoint["best_model"] = best_weights
@@ -291,5 +302,9 @@ def _resume(path: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by `fit`: weights, optimiser state, history, config, metadata."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint written by `fit`: weights, optimiser state, history, config, and its
+    `ModelMetadata` (None if `fit` was given none)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if checkpoint.get("metadata"):
+        checkpoint["metadata"] = ModelMetadata.from_json(checkpoint["metadata"])
+    return checkpoint

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from landmark import data, models
+from landmark import data, models, training, tuning
+from landmark.config import DataConfig, TrainConfig, TransferConfig
 from landmark.preprocessing import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,23 @@ def cache_activations(
     rows: np.ndarray,
     transform: nn.Module,
     seed: int,
+    device: torch.device,
     augment: float = 0.0,
     batch_size: int = 32,
     desc: str = "activations",
 ) -> torch.Tensor:
-    """Run `body` once over `rows` of `split` (one view each, in order); bf16 outputs `(N, ...)`.
+    """Run `body` on `device` once over `rows` of `split` (one view each, in order); bf16
+    outputs `(N, ...)`, kept on the CPU.
 
     The view's random crops and colour jitter come from `seed` alone.
     """
     images = data.CachedImages(split, rows, transform)
     loader = data.make_loader(images, batch_size, seed=seed, augment=augment, num_workers=1)
+    body = body.to(device)
     outputs = []
     for batch, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
-        outputs.append(body(batch.contiguous(memory_format=torch.channels_last)).to(torch.bfloat16))
+        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+        outputs.append(body(batch).to(torch.bfloat16).cpu())
     return torch.cat(outputs)
 
 
@@ -130,6 +135,7 @@ def cache_views(
     augment: float,
     views: int,
     seed: int,
+    device: torch.device,
 ) -> ActivationCache:
     """Run the model's stages before `start` once over a centre view and `views` augmented
     views of every training photo and over the validation photos; keep the outputs.
@@ -141,16 +147,18 @@ def cache_views(
     pre = model.preprocessing
     centre = eval_transform(pre)
     train_views = [
-        cache_activations(body, dataset.train, train_rows, centre, seed, desc="train view 1")
+        cache_activations(
+            body, dataset.train, train_rows, centre, seed, device, desc="train view 1"
+        )
     ]
     for v in range(1, views + 1):
         train_views.append(
             cache_activations(
                 body, dataset.train, train_rows, train_transform(pre, augment),
-                data.derive_seed(seed, v), augment, desc=f"train view {v + 1}",
+                data.derive_seed(seed, v), device, augment, desc=f"train view {v + 1}",
             )
         )  # fmt: skip
-    val = cache_activations(body, dataset.train, val_rows, centre, seed, desc="val")
+    val = cache_activations(body, dataset.train, val_rows, centre, seed, device, desc="val")
     log.info("Cached %s activations of %d views", tuple(val.shape[1:]), views + 1)
     labels = dataset.train.labels
     train = torch.stack(train_views)
@@ -158,8 +166,11 @@ def cache_views(
 
 
 @torch.inference_mode()
-def advance(cache: ActivationCache, model: nn.Module, start: int) -> ActivationCache:
-    """The same cache one or more stages further up: runs stages `cache.start..start-1` once."""
+def advance(
+    cache: ActivationCache, model: nn.Module, start: int, device: torch.device
+) -> ActivationCache:
+    """The same cache one or more stages further up: runs stages `cache.start..start-1` once
+    on `device`."""
     if start < cache.start:
         raise ValueError(f"cannot go back from stage {cache.start} to stage {start}")
     if start == cache.start:
@@ -168,10 +179,10 @@ def advance(cache: ActivationCache, model: nn.Module, start: int) -> ActivationC
     body = nn.Sequential(*stages[cache.start : start])
     if start == len(stages):
         body = nn.Sequential(body, _GlobalPool())
-    body = models.fuse_for_inference(body)
+    body = models.fuse_for_inference(body).to(device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        chunks = [body(chunk.float()).to(torch.bfloat16) for chunk in x.split(256)]
+        chunks = [body(chunk.to(device).float()).to(torch.bfloat16).cpu() for chunk in x.split(256)]
         return torch.cat(chunks)
 
     train = torch.stack([run(view) for view in cache.train])
@@ -181,3 +192,56 @@ def advance(cache: ActivationCache, model: nn.Module, start: int) -> ActivationC
 class _GlobalPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+
+def builder(
+    data_cfg: DataConfig,
+    cfg: TransferConfig,
+    train_cfg: TrainConfig,
+    dataset: data.LandmarkData,
+    split: data.TrainValRows,
+    device: torch.device,
+) -> tuning.Builder:
+    """A `tuning.Builder` for transfer models. For EfficientNet-Lite, activations are cached now
+    (so a study's timeout is spent on trials) at the lowest stage any trial may train, and
+    advanced from there for trials that train fewer stages; torchvision backbones train end
+    to end on image loaders with their lower stages frozen."""
+    caches: dict[int, ActivationCache] = {}
+
+    def new_model(cfg: TransferConfig) -> nn.Module:
+        training.seed_everything(data_cfg.seed)
+        kwargs = {"dropout": cfg.dropout, "head_size": cfg.head_size}
+        if cfg.arch not in models.efficientnet_lite.VARIANTS:
+            kwargs["weights"] = cfg.weights or None
+        return models.build_model(cfg.arch, dataset.num_classes, **kwargs)
+
+    def trainable(cfg: TransferConfig) -> int:
+        return 0 if cfg.mode == "frozen" else cfg.trainable_blocks
+
+    if cfg.arch in models.efficientnet_lite.VARIANTS:
+        model = new_model(cfg)
+        lowest = len(model.stages()) - trainable(cfg)
+        caches[lowest] = cache_views(
+            model, dataset, split.train, split.val, lowest, train_cfg.augment, cfg.views,
+            data_cfg.seed, device,
+        )  # fmt: skip
+
+    def build(cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
+        model = new_model(cfg)
+        if isinstance(model, models.TorchvisionClassifier):
+            models.freeze(model, trainable(cfg))
+            loaders = data.image_loaders(
+                model.preprocessing, dataset, split, train_cfg, data_cfg.seed
+            )
+            return model, model, *loaders
+        start = len(model.stages()) - trainable(cfg)
+        if start not in caches:
+            caches[start] = advance(caches[min(caches)], model, start, device)
+        models.freeze(model, trainable(cfg))
+        return (
+            model,
+            Suffix(model, start),
+            *caches[start].loaders(train_cfg.batch_size, data_cfg.seed),
+        )
+
+    return build

@@ -7,9 +7,11 @@ A study runs inside the step's MLflow run; every trial is a nested run. Trials t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from landmark import tracking, training
-from landmark.config import TuneConfig
+from landmark import config, tracking, training
+from landmark.config import TrainConfig, TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +96,13 @@ def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
 
 
 def pruner_for(cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.trial_epochs)
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    if cfg.pruner == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner must be 'hyperband', 'median' or 'none', got {cfg.pruner!r}")
+    """The pruner `cfg.pruner` names (the config allows only these)."""
+    pruners: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(1, max_resource=cfg.trial_epochs),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "none": optuna.pruners.NopPruner,
+    }
+    return pruners[cfg.pruner]()
 
 
 def tune(
@@ -146,6 +149,56 @@ def tune(
     return study
 
 
+# build(model_cfg, train_cfg) -> (model, trained module, train loader, val loader)
+Builder = Callable[[Any, TrainConfig], tuple]
+
+
+def tune_configs(
+    study_name: str,
+    space: SearchSpace,
+    build: Builder,
+    configs: tuple[Any, TrainConfig],
+    cfg: TuneConfig,
+    seed: int,
+    device: torch.device,
+) -> tuple[Any, TrainConfig]:
+    """Run the study (when `cfg.n_trials` > 0); return `configs` (the model's and the training
+    config) with the best trial's choices.
+
+    Trials train for `cfg.trial_epochs` epochs and are judged on validation accuracy. With
+    `trial_epochs` 0 they train exactly as the final model will (training is seeded), so the
+    final model repeats the best trial, and the default parameters (the first trial) can only
+    be kept or beaten.
+    """
+    if cfg.n_trials <= 0:
+        return configs
+    model_cfg, train_cfg = configs
+    cfg = dataclasses.replace(cfg, trial_epochs=cfg.trial_epochs or train_cfg.epochs)
+    defaults = choices(space, config.to_dict(model_cfg, train_cfg))
+
+    def run_trial(params: dict, on_epoch_end) -> training.FitResult:
+        trial_cfg, trial_train_cfg = apply(params, model_cfg, train_cfg)
+        trial_train_cfg = dataclasses.replace(trial_train_cfg, epochs=cfg.trial_epochs, resume="")
+        _, net, train_loader, val_loader = build(trial_cfg, trial_train_cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            return training.fit(
+                net, train_loader, val_loader, trial_train_cfg, seed, Path(tmp), device,
+                on_epoch_end=on_epoch_end,
+            )  # fmt: skip
+
+    study = tune(cfg.study_name or study_name, space, run_trial, cfg, seed, defaults)
+    return apply(log_study(study)["best_params"], model_cfg, train_cfg)
+
+
+def apply(params: dict[str, Any], *configs: Any) -> tuple:
+    """Each config with the fields named in `params` replaced."""
+    out = []
+    for cfg in configs:
+        names = {f.name for f in dataclasses.fields(cfg)}
+        out.append(dataclasses.replace(cfg, **{k: v for k, v in params.items() if k in names}))
+    return tuple(out)
+
+
 def _objective(study_name: str, space: SearchSpace, train: TrainFn):
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
@@ -190,7 +243,7 @@ def _fail_orphans(study: optuna.Study) -> None:
         pid = trial.user_attrs.get("pid")
         if trial.user_attrs.get("host") == host and pid is not None and not _alive(pid):
             log.warning("Trial %d was left running by process %d: marked failed", trial.number, pid)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
 
 
 def _alive(pid: int) -> bool:

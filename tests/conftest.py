@@ -13,15 +13,17 @@ import struct
 import subprocess
 import time
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+import torch
 from PIL import Image
 
-from landmark import images
-from landmark.config import DataConfig
+from landmark.config import SCRATCH_ARCH, DataConfig, ScratchConfig, TransferConfig
+from landmark.runtime import images
 
 CLASSES = ["00.Eiffel_Tower", "01.Golden_Gate_Bridge", "Taj_Mahal"]
 LOCATIONS_CSV = (
@@ -143,6 +145,16 @@ def make_zip(folder: Path, zip_path: Path, prefix: str = "") -> Path:
             if path.is_file():
                 zf.write(path, (Path(prefix) / path.relative_to(folder)).as_posix())
     return zip_path
+
+
+def build_model(arch: str, num_classes: int, **overrides) -> torch.nn.Module:
+    """`models.build_model` with the config's defaults for what a test does not set."""
+    from landmark import models
+
+    if arch == SCRATCH_ARCH:
+        return models.build_model(arch, num_classes, **asdict(ScratchConfig(**overrides)))
+    defaults = {"dropout": TransferConfig.dropout, "head_size": TransferConfig.head_size}
+    return models.build_model(arch, num_classes, **{**defaults, **overrides})
 
 
 @pytest.fixture

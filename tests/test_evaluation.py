@@ -21,8 +21,7 @@ def test_metrics_on_a_known_case():
     report = evaluation.evaluate_predictions(probs, labels, NAMES)
     m = report.metrics
     assert m["test/top1"] == 0.5
-    assert m["test/top3"] == 1.0 and m["test/top5"] == 1.0
-    assert evaluation.top_k_accuracy(probs, labels, 2) == 0.75
+    assert m["test/nll"] == pytest.approx(-np.log([0.7, 0.8, 0.1, 0.3]).mean())
     # F1: A = 2*0.5*1/1.5 = 2/3, B = 2/3, C = 0 -> macro 4/9
     assert m["test/macro_f1"] == pytest.approx(4 / 9)
     assert [c["support"] for c in report.per_class] == [1, 1, 2]
@@ -31,13 +30,36 @@ def test_metrics_on_a_known_case():
     assert report.mistakes[0]["probability"] == pytest.approx(0.6)
 
 
+def test_top_k_accuracy_counts_the_rank_of_the_true_class():
+    probs = np.tile([0.3, 0.25, 0.2, 0.12, 0.08, 0.05], (4, 1))  # class c ranks c-th
+    labels = np.array([0, 1, 3, 5])  # the true class ranks 1st, 2nd, 4th and 6th
+    m = evaluation.evaluate_predictions(probs, labels, list("ABCDEF")).metrics
+    assert (m["test/top1"], m["test/top3"], m["test/top5"]) == (0.25, 0.5, 0.75)
+
+
+def test_calibrate_then_evaluate_answer_like_the_exported_model():
+    """The threshold is chosen on calibrated probabilities; the report is of calibrated ones."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, size=(400, 4))
+    labels = logits.argmax(1)  # a model that is always right, so it is underconfident
+    calibration = evaluation.calibrate(logits, labels)
+    assert calibration.temperature < 1.0
+    calibrated = calibration.probabilities(logits)
+    expected = evaluation.unknown_threshold(calibrated, labels)
+    assert calibration.threshold == pytest.approx(expected)
+    report = evaluation.evaluate(logits, labels, calibration, list("ABCD"))
+    ece, _ = evaluation.calibration_curve(calibrated, labels)
+    assert report.metrics["test/ece"] == pytest.approx(ece)
+    assert report.metrics["test/ece_uncalibrated"] > report.metrics["test/ece"]
+
+
 def test_expected_calibration_error():
     # Two photos at 0.85 confidence, one right: |0.5 - 0.85| in the one bin holding both.
     probs = np.array([[0.85, 0.15], [0.85, 0.15]])
-    ece, bins = evaluation.calibration(probs, np.array([0, 1]), bins=10)
+    ece, bins = evaluation.calibration_curve(probs, np.array([0, 1]), bins=10)
     assert ece == pytest.approx(0.35)
     assert sum(bins["count"]) == 2 and bins["count"][8] == 2
-    perfect, _ = evaluation.calibration(np.array([[1.0, 0.0]] * 3), np.array([0, 0, 0]))
+    perfect, _ = evaluation.calibration_curve(np.array([[1.0, 0.0]] * 3), np.array([0, 0, 0]))
     assert perfect == pytest.approx(0.0)
 
 
@@ -65,8 +87,8 @@ def test_temperature_scaling_recovers_the_temperature_of_the_data(true_temperatu
         e = np.exp(x - x.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
-    before, _ = evaluation.calibration(softmax(logits), labels)
-    after, _ = evaluation.calibration(softmax(logits / temperature), labels)
+    before, _ = evaluation.calibration_curve(softmax(logits), labels)
+    after, _ = evaluation.calibration_curve(softmax(logits / temperature), labels)
     assert after < 0.02 < before
     assert (softmax(logits / temperature).argmax(1) == logits.argmax(1)).all()
 

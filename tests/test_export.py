@@ -1,7 +1,8 @@
-"""Export: eager = scripted = reloaded TorchScript, metadata inside, pyfunc = TorchScript."""
+"""Export: eager = scripted = reloaded TorchScript, `ModelMetadata` inside, pyfunc = TorchScript."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,31 +12,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import photo_bytes
+from conftest import build_model, photo_bytes
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from landmark import export, models, tracking
-from landmark.serving import Predictor
+from landmark import export, tracking
+from landmark.runtime.contract import Location, ModelMetadata, Preprocessing
+from landmark.runtime.predictor import Predictor, load_torchscript
 
-METADATA = {
-    "arch": "landmark_cnn",
-    "class_folders": ["00.Eiffel_Tower", "Taj_Mahal", "03.Big_Ben"],
-    "class_names": ["Eiffel Tower", "Taj Mahal", "Big Ben"],
-    "locations": {
-        "00.Eiffel_Tower": {
-            "name": "Eiffel Tower", "latitude": 48.8584, "longitude": 2.2945, "country": "France"
-        }
-    },
-    "preprocessing": {"resize_size": 73, "crop_size": 64},
-    "threshold": 0.2,
-}  # fmt: skip
+EIFFEL = Location("Eiffel Tower", 48.8584, 2.2945, "France")
+METADATA = ModelMetadata(
+    arch="landmark_cnn",
+    class_folders=("00.Eiffel_Tower", "Taj_Mahal", "03.Big_Ben"),
+    class_names=("Eiffel Tower", "Taj Mahal", "Big Ben"),
+    preprocessing=Preprocessing(resize_size=73, crop_size=64),
+    locations={"00.Eiffel_Tower": EIFFEL},
+    threshold=0.2,
+)
 
 
 @pytest.fixture
 def trained():
     torch.manual_seed(0)
-    model = models.build_model("landmark_cnn", 3, image_size=64, width=8, depth=2).eval()
+    model = build_model("landmark_cnn", 3, image_size=64, width=8, depth=2, blocks=1).eval()
     model.apply(lambda m: m.running_var.uniform_(0.5, 2) if hasattr(m, "running_var") else None)
     return model
 
@@ -47,7 +46,7 @@ def exported(trained, tmp_path):
 
 def test_eager_scripted_and_reloaded_agree(trained, exported):
     eager = export.ExportedClassifier(trained).eval()
-    reloaded, metadata = export.load_torchscript(exported)
+    reloaded, metadata = load_torchscript(exported)
     assert metadata == METADATA
     for shape in [(3, 90, 120), (2, 3, 64, 64), (3, 300, 41)]:  # any size, single or batch
         x = torch.randint(0, 256, shape, dtype=torch.uint8)
@@ -58,11 +57,10 @@ def test_eager_scripted_and_reloaded_agree(trained, exported):
 
 
 def test_the_exported_model_applies_its_temperature(trained, tmp_path):
-    plain, _ = export.load_torchscript(
-        export.export_torchscript(trained, METADATA, tmp_path / "a.pt")
-    )
-    path = export.export_torchscript(trained, METADATA, tmp_path / "b.pt", temperature=2.5)
-    calibrated, _ = export.load_torchscript(path)
+    plain, _ = load_torchscript(export.export_torchscript(trained, METADATA, tmp_path / "a.pt"))
+    hot = dataclasses.replace(METADATA, temperature=2.5)
+    calibrated, metadata = load_torchscript(export.export_torchscript(trained, hot, tmp_path / "b"))
+    assert metadata.temperature == 2.5
     x = torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8)
     p, q = plain(x), calibrated(x)
     assert torch.allclose(q, (p.log() / 2.5).softmax(-1), atol=1e-5)
@@ -74,7 +72,7 @@ def test_preprocessing_inside_matches_the_evaluation_path(trained, exported):
     """A photo given at full size = the model on the evaluation crop of that photo."""
     from landmark.preprocessing import eval_transform
 
-    reloaded, _ = export.load_torchscript(exported)
+    reloaded, _ = load_torchscript(exported)
     photo = torch.randint(0, 256, (3, 150, 100), dtype=torch.uint8)
     crop = eval_transform(trained.preprocessing)(photo)
     expected = trained(crop[None]).softmax(-1)[0]
@@ -82,7 +80,7 @@ def test_preprocessing_inside_matches_the_evaluation_path(trained, exported):
 
 
 def test_float_input_is_refused(exported):
-    reloaded, _ = export.load_torchscript(exported)
+    reloaded, _ = load_torchscript(exported)
     with pytest.raises(Exception, match="uint8"):
         reloaded(torch.rand(3, 64, 64))
 
@@ -94,10 +92,13 @@ def test_predictor_answers_with_top_k_location_and_known(exported):
     assert len(answer["top_k"]) == 2 and answer["known"] is True
     probs = [t["probability"] for t in answer["top_k"]]
     assert probs == sorted(probs, reverse=True)
-    assert (
-        answer["name"] == METADATA["class_names"][METADATA["class_folders"].index(answer["label"])]
-    )
-    assert answer["location"] == METADATA["locations"].get(answer["label"])
+    label = METADATA.class_folders.index(answer["label"])
+    assert answer["name"] == METADATA.class_names[label]
+    assert predictor.threshold == 0.2  # the model's own
+    # The location is the top class's, as a plain dict (JSON for the endpoint).
+    eiffel = predictor.describe(np.array([0.7, 0.2, 0.1]), 3, 0.5)
+    assert eiffel["location"] == dataclasses.asdict(EIFFEL) and eiffel["known"] is True
+    assert predictor.describe(np.array([0.1, 0.7, 0.2]), 3, 0.5)["location"] is None
     (unsure,) = predictor.predict([jpeg], threshold=1.01)
     assert unsure["known"] is False
     assert len(predictor.predict([jpeg], top_k=50)[0]["top_k"]) == 3  # capped at the classes
@@ -133,12 +134,12 @@ def test_pyfunc_gives_the_torchscript_predictions(exported, tracking_uri):
         uri = tracking.log_model(exported, METADATA, jpeg)
     pyfunc = mlflow.pyfunc.load_model(uri)
     answers = pyfunc.predict(pd.DataFrame({"image": [jpeg, png]}), params={"top_k": 3})
-    module, _ = export.load_torchscript(exported)
+    module, _ = load_torchscript(exported)
     for answer, photo in zip(answers, [jpeg, png], strict=True):
         rgb = np.array(Image.open(io.BytesIO(photo)).convert("RGB"))
         expected = module(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
         got = {t["label"]: t["probability"] for t in answer["top_k"]}
-        for c, folder in enumerate(METADATA["class_folders"]):
+        for c, folder in enumerate(METADATA.class_folders):
             assert got[folder] == pytest.approx(float(expected[c]), abs=1e-5)
     signature = mlflow.models.get_model_info(uri).signature
     assert signature.inputs.input_names() == ["image"]
@@ -156,7 +157,7 @@ def test_pyfunc_names_the_bad_row(exported, tracking_uri):
 def test_predictor_crops_a_panorama_without_changing_the_answer(exported):
     """Only the middle of a 2,000 x 60 photo reaches the model; cropping it first is exact."""
     pano = photo_bytes(size=(2000, 60), seed=5)
-    module, _ = export.load_torchscript(exported)
+    module, _ = load_torchscript(exported)
     rgb = np.array(Image.open(io.BytesIO(pano)).convert("RGB"))
     full = module(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()
     np.testing.assert_allclose(Predictor.load(exported).probabilities(pano), full, atol=1e-3)
@@ -169,7 +170,7 @@ def test_pyfunc_can_report_bad_rows_instead_of_failing(exported, tracking_uri):
     pyfunc = mlflow.pyfunc.load_model(uri)
     photos = pd.DataFrame({"image": [photo_bytes(), b"hello world", photo_bytes(size=(8, 8))]})
     good, bad, tiny = pyfunc.predict(photos, params={"errors": "report"})
-    assert good["error"] is None and good["label"] in METADATA["class_folders"]
+    assert good["error"] is None and good["label"] in METADATA.class_folders
     assert bad["error"] == "not an image file: starts with b'hello wo'"
     assert bad["label"] is None and bad["known"] is False and bad["top_k"] == []
     assert tiny["error"].startswith("too small: 8x8 px")

@@ -11,7 +11,7 @@ from conftest import (
     sixteen_bit_png,
 )
 
-from landmark.images import BadImageError, load_rgb
+from landmark.runtime.images import BadImageError, load_rgb
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_model
 
-from landmark import efficientnet_lite, models
+from landmark import efficientnet_lite, models, transfer
 
 SMALL = {"landmark_cnn": {"image_size": 48, "width": 8, "depth": 3}}
 TORCHVISION = ["resnet50", "convnext_tiny", "efficientnet_v2_s"]
+# (resize_size, crop_size) each model's weights were trained with; landmark_cnn: 48 / 0.875.
+GEOMETRY = {
+    "landmark_cnn": (55, 48),
+    "efficientnet_lite0": (256, 224),
+    "efficientnet_lite1": (272, 240),
+    "efficientnet_lite2": (292, 260),
+    "resnet50": (232, 224),
+    "convnext_tiny": (236, 224),
+    "efficientnet_v2_s": (384, 384),
+}
 
 
 def build(arch: str, num_classes: int = 5) -> torch.nn.Module:
@@ -17,7 +28,7 @@ def build(arch: str, num_classes: int = 5) -> torch.nn.Module:
         kwargs["weights"] = None  # offline: the architecture only
     if arch.startswith("efficientnet_lite"):
         kwargs["pretrained"] = False
-    return models.build_model(arch, num_classes, **kwargs)
+    return build_model(arch, num_classes, **kwargs)
 
 
 def photos(batch: int = 2, size: int = 64) -> torch.Tensor:
@@ -33,10 +44,30 @@ def test_every_model_has_the_interface_and_scripts(arch):
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
     features = model.forward_features(x)
     assert features.shape == (2, model.num_features)
-    assert torch.allclose(model.forward_head(features), logits)
-    assert model.preprocessing.crop_size > 0 and len(model.stages()) >= 3
+    pre = model.preprocessing
+    assert (pre.resize_size, pre.crop_size) == GEOMETRY[arch] and len(model.stages()) >= 3
     scripted = torch.jit.script(model)
     assert torch.allclose(scripted(x), logits, atol=1e-5)
+
+
+# The models transfer learning splits at a stage boundary (`transfer.prefix`, `Suffix`). The
+# torchvision backbones are only frozen by stage (ResNet's stages leave out the stem's pooling).
+@pytest.mark.parametrize("arch", ["landmark_cnn", *sorted(efficientnet_lite.VARIANTS)])
+def test_the_stages_in_order_are_the_whole_network(arch):
+    torch.manual_seed(0)
+    model = build(arch).eval()
+    x = photos()
+    with torch.no_grad():
+        logits = model(x)
+        activations = model.normalize(x)
+        for start, stage in enumerate(model.stages()):
+            suffix = transfer.Suffix(model, start)
+            assert torch.allclose(suffix(activations), logits, atol=1e-5), start
+            activations = stage(activations)
+        features = activations.mean(dim=(2, 3))
+        assert torch.allclose(features, model.forward_features(x), atol=1e-5)
+        suffix = transfer.Suffix(model, len(model.stages()))
+        assert torch.allclose(suffix(features), logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["landmark_cnn", "efficientnet_lite0"])
@@ -89,7 +120,7 @@ def _randomise_batchnorm(module: torch.nn.Module) -> None:
 def test_imagenet_logits_match_the_reference_package(variant):
     """Our EfficientNet-Lite with the package's weights = efficientnet_lite_pytorch's."""
     reference_model = pytest.importorskip("efficientnet_lite_pytorch").EfficientNet
-    ours = models.build_model(variant, 1000).eval()
+    ours = build_model(variant, 1000).eval()
     efficientnet_lite.load_imagenet_weights(ours, include_classifier=True)
     weights = str(efficientnet_lite.weights_file(variant))
     reference = reference_model.from_pretrained(variant.replace("_", "-"), weights_path=weights)

@@ -59,7 +59,12 @@ def test_prepare_logs_summary_and_pictures(data_cfg, tracking_uri, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     summary = check_prepare_run(client, run.info.run_id, tmp_path)
     assert summary["fingerprint"] == dataset.fingerprint
-    assert summary["counts"]["train"] + summary["counts"]["val"] == len(dataset.train.labels)
+    # make_dataset: train/ has 6 photos per class, plus 6 odd but valid ones in the first (its
+    # bad files are excluded): 12, 6, 6. Validation takes max(1, round(n * 0.15)) of a class:
+    # 2, 1, 1. test/ has 2 per class, plus the leaked copy in the second.
+    assert summary["counts"] == {"train": 20, "val": 4, "test": 7}
+    per_class = [(c["train"], c["val"], c["test"]) for c in summary["classes"]]
+    assert per_class == [(10, 2, 2), (5, 1, 3), (5, 1, 2)]
     eiffel = summary["classes"][0]
     assert eiffel["name"] == "Eiffel Tower" and eiffel["location"]["country"] == "France"
     assert mlflow.active_run() is None

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import photo_bytes
+from conftest import build_model, photo_bytes
 from mlflow.tracking import MlflowClient
 
-from landmark import export, models, promotion, steps, tracking
-from landmark.config import PromoteConfig
+from landmark import export, promotion, steps, tracking
+from landmark.config import REGISTERED_MODEL, PromoteConfig
+from landmark.runtime.contract import ModelMetadata
 
 
 def version(number: int, top1: float | None, data: str = "a", *aliases: str) -> dict:
@@ -70,25 +71,24 @@ def test_rollback_needs_a_previous_champion():
 def register(number: int, top1: float, tmp_path: Path) -> str:
     """A registered version of a tiny untrained classifier, with the given test accuracy."""
     torch.manual_seed(number)
-    model = models.build_model("landmark_cnn", 2, image_size=32, width=4, depth=1).eval()
-    metadata = {
-        "arch": "landmark_cnn",
-        "class_folders": ["a", "b"],
-        "class_names": ["A", "B"],
-        "preprocessing": {"resize_size": 36, "crop_size": 32},
-    }
-    path = export.export_torchscript(model, metadata, tmp_path / f"model{number}.pt")
-    with tracking.start_run(f"train {number}") as run_id:
-        model_uri = tracking.log_model(path, metadata, photo_bytes(size=(40, 40)))
-    return tracking.register_model(
-        model_uri, {"test/top1": top1, "data_fingerprint": "f", "run_id": run_id}
+    model = build_model("landmark_cnn", 2, image_size=32, width=4, depth=1).eval()
+    metadata = ModelMetadata(
+        arch="landmark_cnn",
+        class_folders=("a", "b"),
+        class_names=("A", "B"),
+        preprocessing=model.preprocessing,
+        data_fingerprint="f",
+        threshold=0.5,
+        metrics={"test/top1": top1},
     )
+    path = export.export_torchscript(model, metadata, tmp_path / f"model{number}.pt")
+    with tracking.start_run(f"train {number}"):
+        model_uri = tracking.log_model(path, metadata, photo_bytes(size=(40, 40)))
+        return tracking.register_model(model_uri, metadata)
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
-    return {
-        k: str(v) for k, v in client.get_registered_model(tracking.REGISTERED_MODEL).aliases.items()
-    }
+    return {k: str(v) for k, v in client.get_registered_model(REGISTERED_MODEL).aliases.items()}
 
 
 def test_promote_and_roll_back_in_a_real_registry(tracking_uri, tmp_path):
@@ -100,7 +100,7 @@ def test_promote_and_roll_back_in_a_real_registry(tracking_uri, tmp_path):
     register(3, 0.75, tmp_path)
     assert steps.promote(PromoteConfig()).version == "2"
     assert aliases(client) == {"champion": "2", "previous": "1"}
-    history = client.get_model_version(tracking.REGISTERED_MODEL, "2")
+    history = client.get_model_version(REGISTERED_MODEL, "2")
     assert (
         history.tags["promotion_reason"]
         == "version 2 test/top1 0.8500 beats champion version 1 (0.8000)"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import threading
 import zipfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 from conftest import make_zip
 
+from landmark import sources
 from landmark.sources import DataSourceError, fetch
 
 
@@ -30,6 +31,7 @@ class Server:
 
     def __init__(self, root: Path):
         self.root, self.requests = root, []
+        self.failures = 0  # answers 503 to this many requests under /flaky/
         owner = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -38,6 +40,12 @@ class Server:
 
             def do_GET(self):
                 owner.requests.append(self.path)
+                if self.path.startswith("/flaky/") and owner.failures > 0:
+                    owner.failures -= 1
+                    self.send_error(503, "busy, try again")
+                    return
+                if self.path.startswith("/flaky/"):
+                    self.path = self.path.removeprefix("/flaky")
                 if self.path.startswith("/short/"):  # promise more bytes than are sent
                     body = (owner.root / self.path.removeprefix("/short/")).read_bytes()
                     self.send_response(200)
@@ -92,7 +100,7 @@ def test_zip_is_extracted_once_and_reused(photos, tmp_path):
 @pytest.mark.parametrize(
     "entry", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt", "C:/evil.txt", "link"]
 )
-def test_zip_entries_escaping_the_target_are_refused(tmp_path, entry):
+def test_zip_entries_escaping_the_target_are_refused(tmp_path, entry, monkeypatch):
     archive = tmp_path / "bad.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("train/A/1.jpg", b"fine")
@@ -102,11 +110,20 @@ def test_zip_entries_escaping_the_target_are_refused(tmp_path, entry):
             zf.writestr(info, "/etc/passwd")
         else:
             zf.writestr(entry, b"evil")
+    extracted = []
+    extract = zipfile.ZipFile.extract
+
+    def recording_extract(self, member, *args, **kwargs):
+        extracted.append(member)
+        return extract(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", recording_extract)
     cache = tmp_path / "cache"
     with pytest.raises(DataSourceError, match="refusing"):
         fetch(str(archive), cache)
+    assert extracted == []  # refused before anything is written, not halfway through
     assert leftovers(cache / "datasets") == []
-    assert not (tmp_path / "evil.txt").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
 
 
 def test_url_is_downloaded_verified_and_reused(photos, server, tmp_path):
@@ -119,6 +136,24 @@ def test_url_is_downloaded_verified_and_reused(photos, server, tmp_path):
     assert fetch(url, cache, sha256=digest) == root
     assert server.requests == ["/landmark_images.zip"]  # the second fetch reused the download
     assert leftovers(cache / "downloads") == ["landmark_images.zip"]
+
+
+def test_transient_failures_are_retried(photos, server, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "http_session", partial(sources.http_session, backoff=0.01))
+    make_zip(photos, server.root / "data.zip")
+    server.failures = 2
+    root = fetch(f"{server.url}/flaky/data.zip", tmp_path / "cache")
+    assert (root / "train" / "A" / "1.jpg").is_file()
+    assert server.requests == ["/flaky/data.zip"] * 3  # two 503s, then the file
+
+
+def test_a_server_that_stays_down_is_named_after_the_retries(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "http_session", partial(sources.http_session, backoff=0.01))
+    server.failures = 100
+    with pytest.raises(DataSourceError, match="cannot download .*flaky/data.zip.*503"):
+        fetch(f"{server.url}/flaky/data.zip", tmp_path / "cache")
+    assert len(server.requests) == 1 + sources.RETRIES
+    assert leftovers(tmp_path / "cache" / "downloads") == []
 
 
 def test_interrupted_download_leaves_nothing(photos, server, tmp_path):
@@ -166,7 +201,10 @@ def test_failed_extraction_leaves_no_partial_folder(photos, tmp_path):
     corrupted[start : start + 100] = b"y" * 100  # content no longer matches its CRC
     archive.write_bytes(bytes(corrupted))
     cache = tmp_path / "cache"
-    with pytest.raises(DataSourceError):
+    with pytest.raises(DataSourceError, match="data.zip is not a valid zip: Bad CRC-32"):
         fetch(str(archive), cache)
     assert leftovers(cache / "datasets") == []
-    assert os.listdir(tmp_path / "src" / "train" / "A") == ["1.jpg"]
+    make_zip(photos, archive)  # intact again: extracted in full, nothing of the failure left
+    root = fetch(str(archive), cache)
+    assert (root / "train" / "A" / "1.jpg").read_bytes() == b"x" * 1000
+    assert [p.name for p in (cache / "datasets").iterdir()] == [root.name]

@@ -4,11 +4,13 @@ GPS copies, and the Spark engine giving the same report as the local one."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ import pytest
 from conftest import gps_jpeg, photo_bytes, snapshot, train_tiny_champion
 from PIL import Image
 
-from landmark import images, tagging, tracking
-from landmark.serving import Predictor
+from landmark import tracking
+from landmark.config import TagConfig
+from landmark.runtime import images, tagging
+from landmark.runtime.predictor import Predictor
 
 EXIFTOOL = shutil.which("exiftool")
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data set's classes
@@ -49,16 +53,22 @@ def library(root: Path) -> Path:
     return root
 
 
-def rows_by_name(report: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in report.read_text().splitlines()]
+def tag_config(model: str, report: Path, **paths_and_flags) -> TagConfig:
+    """`TagConfig` for `model`, writing `report`; folder options may be given as paths."""
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in paths_and_flags.items()}
+    return TagConfig(model=model, report=str(report), **values)
+
+
+def rows_by_name(report: str | Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in Path(report).read_text().splitlines()]
     return {Path(r["path"]).name: r for r in rows}
 
 
 def test_tags_a_library_without_touching_it(champion, tmp_path):
     photos = library(tmp_path / "photos")
     before = snapshot(photos)
-    cfg = tagging.TagConfig(report=tmp_path / "report.jsonl", organize=tmp_path / "by-place")
-    counts = tagging.tag([photos], cfg, champion)
+    cfg = tag_config(champion, tmp_path / "report.jsonl", organize=tmp_path / "by-place")
+    counts = tagging.tag([photos], cfg)
     assert counts == {"tagged": 3, "has_gps": 1, "error": 2}
     after = snapshot(photos)
     assert {k: v for k, v in after.items() if not k.endswith(".xmp")} == before
@@ -91,7 +101,7 @@ def test_tags_a_library_without_touching_it(champion, tmp_path):
 @pytest.mark.skipif(not EXIFTOOL, reason="needs exiftool (Debian libimage-exiftool-perl)")
 def test_exiftool_reads_the_sidecar_keywords_and_coordinates(champion, tmp_path):
     photos = library(tmp_path / "photos")
-    tagging.tag([photos], tagging.TagConfig(report=tmp_path / "r.jsonl"), champion)
+    tagging.tag([photos], tag_config(champion, tmp_path / "r.jsonl"))
     sidecar = photos / "2024/sf/green.png.xmp"
     out = subprocess.run(
         [EXIFTOOL, "-j", "-n", "-XMP:all", str(sidecar)], capture_output=True, text=True, check=True
@@ -106,28 +116,35 @@ def test_exiftool_reads_the_sidecar_keywords_and_coordinates(champion, tmp_path)
 
 def test_rerun_skips_done_photos_and_an_interrupted_run_keeps_its_work(champion, tmp_path):
     photos = library(tmp_path / "photos")
-    cfg = tagging.TagConfig(report=tmp_path / "report.jsonl")
+    cfg = tag_config(champion, tmp_path / "report.jsonl")
     found, _ = tagging.find_photos([photos])
     path, _ = tracking.fetch_model(champion, tmp_path / "model")
     predictor = Predictor.load(path)
     tagger = tagging.Tagger(cfg, "landmark-classifier/1")
-    for n, _ in enumerate(tagging.tag_local(found, predictor, tagger), 1):
-        if n == 2:  # "Ctrl-C" after two photos
-            break
+
+    class CtrlC(tagging.LocalScorer):
+        def score(self, photos, top_k, threshold):
+            for n, answered in enumerate(super().score(photos, top_k, threshold), 1):
+                yield answered
+                if n == 2:  # Ctrl-C after two photos
+                    raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tagging.tag_photos(found, tagger, CtrlC(predictor))
     tagger.close()
-    first = [json.loads(line) for line in cfg.report.read_text().splitlines()]
+    first = [json.loads(line) for line in Path(cfg.report).read_text().splitlines()]
     assert [r["status"] for r in first] == ["tagged", "tagged"]
     assert all(Path(r["path"] + ".xmp").is_file() for r in first)
-    counts = tagging.tag([photos], cfg, champion)
+    counts = tagging.tag([photos], cfg)
     assert counts == {"skipped": 2, "tagged": 1, "has_gps": 1, "error": 2}
-    again = tagging.tag([photos], cfg, champion)
+    again = tagging.tag([photos], cfg)
     assert again["skipped"] == 3 and "tagged" not in again
 
 
 def test_gps_photos_are_tagged_only_when_asked(champion, tmp_path):
     photos = library(tmp_path / "photos")
-    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", overwrite_gps=True)
-    tagging.tag([photos / "2025/has_gps.jpg"], cfg, champion)
+    cfg = tag_config(champion, tmp_path / "r.jsonl", overwrite_gps=True)
+    tagging.tag([photos / "2025/has_gps.jpg"], cfg)
     assert rows_by_name(cfg.report)["has_gps.jpg"]["status"] == "tagged"
 
 
@@ -138,8 +155,8 @@ def test_write_errors_and_foreign_sidecars_are_reported_not_fatal(champion, tmp_
     (photos / "gone.jpg").symlink_to(photos / "nowhere.jpg")  # vanished before reading
     not_a_folder = tmp_path / "by-place"
     not_a_folder.write_text("a file where the organized folders should go")
-    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", organize=not_a_folder)
-    counts = tagging.tag([photos], cfg, champion)
+    cfg = tag_config(champion, tmp_path / "r.jsonl", organize=not_a_folder)
+    counts = tagging.tag([photos], cfg)
     rows = rows_by_name(cfg.report)
     assert "was not written by landmark" in rows["red.jpg"]["error"]
     assert "was not written by landmark" in rows["green.png"]["error"]
@@ -156,8 +173,8 @@ def test_read_only_folder_is_reported(champion, tmp_path):
     folder = photos / "2024/paris"
     folder.chmod(0o555)
     try:
-        cfg = tagging.TagConfig(report=tmp_path / "r.jsonl")
-        tagging.tag([photos], cfg, champion)
+        cfg = tag_config(champion, tmp_path / "r.jsonl")
+        tagging.tag([photos], cfg)
     finally:
         folder.chmod(0o755)
     assert "cannot write" in rows_by_name(cfg.report)["red.jpg"]["error"]
@@ -165,8 +182,8 @@ def test_read_only_folder_is_reported(champion, tmp_path):
 
 def test_gps_copy_is_lossless(champion, tmp_path):
     photos = library(tmp_path / "photos")
-    cfg = tagging.TagConfig(report=tmp_path / "r.jsonl", gps_copies=tmp_path / "with-gps")
-    tagging.tag([photos / "2024"], cfg, champion)
+    cfg = tag_config(champion, tmp_path / "r.jsonl", gps_copies=tmp_path / "with-gps")
+    tagging.tag([photos / "2024"], cfg)
     original = (photos / "2024/paris/red.jpg").read_bytes()
     copy = (tmp_path / "with-gps/red.jpg").read_bytes()
     scan = original.index(b"\xff\xda")  # the compressed image data starts at SOS
@@ -185,12 +202,15 @@ def test_gps_copy_is_lossless(champion, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("java"), reason="Spark needs Java (.ci/run installs it)")
 def test_spark_engine_writes_the_same_report(champion, tmp_path):
-    reports = {}
+    reports, counts = {}, {}
     for engine in ("local", "spark"):
         photos = library(tmp_path / engine)
-        cfg = tagging.TagConfig(report=tmp_path / f"{engine}.jsonl")
-        tagging.tag([photos], cfg, champion, engine=engine)
-        reports[engine] = rows_by_name(cfg.report)
+        cfg = tag_config(champion, tmp_path / f"{engine}.jsonl", engine=engine)
+        counts[engine] = tagging.tag([photos], cfg)
+        rows = [json.loads(line) for line in Path(cfg.report).read_text().splitlines()]
+        reports[engine] = {str(Path(r["path"]).relative_to(photos)): r for r in rows}
+        assert len(reports[engine]) == len(rows)  # one row per photo
+    assert counts["local"] == counts["spark"] == {"tagged": 3, "has_gps": 1, "error": 2}
     local, spark = reports["local"], reports["spark"]
     assert set(local) == set(spark)
     for name, row in local.items():
@@ -205,16 +225,37 @@ def test_spark_engine_writes_the_same_report(champion, tmp_path):
 
 def test_an_exported_model_file_works_like_the_registry_uri(champion, tmp_path):
     """`--model file.pt` (tagger and app): the same answers, named by the file and its hash."""
-    from landmark import app
+    from landmark.runtime import app
 
     path, info = tracking.fetch_model(champion, tmp_path / "model")
     assert info["version"] == "1" and tracking.fetch_model(str(path), tmp_path) == (path, {})
     photos = library(tmp_path / "photos")
-    cfg = tagging.TagConfig(report=tmp_path / "file.jsonl")
-    assert tagging.tag([photos], cfg, str(path)) == {"tagged": 3, "has_gps": 1, "error": 2}
+    cfg = tag_config(str(path), tmp_path / "file.jsonl")
+    assert tagging.tag([photos], cfg) == {"tagged": 3, "has_gps": 1, "error": 2}
     red = rows_by_name(cfg.report)["red.jpg"]
     assert red["name"] == "Eiffel Tower" and red["model"].startswith(f"{path.name}@")
     with pytest.raises(ValueError, match="needs an MLflow model URI"):
-        tagging.tag([photos], cfg, str(path), engine="spark")
+        tagging.tag([photos], dataclasses.replace(cfg, engine="spark"))
     classifier, _ = app.load_classifier(str(path))
     assert classifier.description.startswith(f"model file {path.name} · ")
+
+
+def test_landmark_tag_from_the_command_line(champion, tmp_path):
+    """`landmark tag` as a user types it: flags generated from `TagConfig`, the same report."""
+    photos = library(tmp_path / "photos")
+    landmark = str(Path(sys.executable).parent / "landmark")
+    report, by_place = tmp_path / "cli.jsonl", tmp_path / "by-place"
+    command = [landmark, "tag", str(photos), "--report", str(report), "--organize", str(by_place)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = rows_by_name(report)
+    assert rows["red.jpg"]["status"] == "tagged" and rows["red.jpg"]["name"] == "Eiffel Tower"
+    assert rows["cut.jpg"]["status"] == "error" and rows["has_gps.jpg"]["status"] == "has_gps"
+    assert (by_place / "France" / "Eiffel Tower" / "red.jpg").is_symlink()
+    assert (photos / "2024/paris/red.jpg.xmp").is_file()
+    refused = subprocess.run(
+        [landmark, "tag", str(photos), "--threshold", "2"], capture_output=True, text=True
+    )
+    assert (
+        refused.returncode == 2 and "TagConfig.threshold: 2.0 must be in [0, 1]" in refused.stderr
+    )

@@ -5,17 +5,21 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
+import torch
+import torchvision
 from conftest import photo_bytes
 from mlflow.tracking import MlflowClient
 
-from landmark import steps
+from landmark import data, steps, tracking, training, transfer
 from landmark.config import (
+    REGISTERED_MODEL,
     ScratchConfig,
     ScratchTrainConfig,
     TrainConfig,
     TransferConfig,
     TuneConfig,
 )
+from landmark.runtime.predictor import Predictor
 
 FAST = {"epochs": 2, "batch_size": 8, "num_workers": 0}
 NO_TUNING = TuneConfig(n_trials=0)
@@ -54,17 +58,32 @@ def test_both_entry_points_log_comparable_runs(runs):
                 "plots/worst_mistakes.png", "plots/training_curves.png"} <= artifacts  # fmt: skip
         per_class = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/per_class.csv" in per_class
-    assert 0.0 <= transfer["metrics"]["test/top1"] <= 1.0
 
 
-def test_logged_models_answer_photo_bytes(runs):
+def test_the_test_metrics_are_those_of_the_test_predictions(runs, data_cfg):
+    by_step, transfer, scratch, client = runs
+    labels = data.load_data(data_cfg).test.labels
+    for step, result in (("train_transfer", transfer), ("train_scratch", scratch)):
+        top1 = float((result.test_probs.argmax(1) == labels).mean())
+        assert result.metrics["test/top1"] == pytest.approx(top1)
+        assert by_step[step].data.metrics["test/top1"] == pytest.approx(top1)
+        version = client.get_model_version(REGISTERED_MODEL, result.version)
+        assert float(version.tags["test/top1"]) == pytest.approx(top1)
+        assert float(version.tags["threshold"]) == pytest.approx(result.metadata.threshold)
+
+
+def test_logged_models_answer_photo_bytes_like_their_torchscript_file(runs, tmp_path):
     _, transfer, scratch, _ = runs
+    photo = photo_bytes(size=(300, 200))
     for result in (transfer, scratch):
-        model = mlflow.pyfunc.load_model(result["model_uri"])
-        (answer,) = model.predict(pd.DataFrame({"image": [photo_bytes(size=(300, 200))]}))
-        assert answer["name"] in {"Eiffel Tower", "Golden Gate Bridge", "Taj Mahal"}
-        assert len(answer["top_k"]) == 3
-        assert answer["known"] == (answer["probability"] >= result["threshold"])
+        model = mlflow.pyfunc.load_model(result.model_uri)
+        (answer,) = model.predict(pd.DataFrame({"image": [photo]}))
+        path, _ = tracking.fetch_model(result.model_uri, tmp_path / result.version)
+        predictor = Predictor.load(path)
+        assert predictor.metadata == result.metadata
+        assert predictor.threshold == result.metadata.threshold  # the model's own, not a default
+        assert answer == predictor.predict([photo])[0]  # the same file and process
+        assert {t["name"] for t in answer["top_k"]} == set(result.metadata.class_names)
 
 
 def test_torchvision_backbone_trains_end_to_end_with_frozen_stages(data_cfg, tracking_uri):
@@ -77,8 +96,40 @@ def test_torchvision_backbone_trains_end_to_end_with_frozen_stages(data_cfg, tra
     )
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
-    trainable = int(run.data.params["trainable_parameters"])
-    assert 0 < trainable < 23_000_000  # layer4 and the head, not all of resnet50's 23.5M
-    model = mlflow.pyfunc.load_model(result["model_uri"])
+    layer4 = sum(p.numel() for p in torchvision.models.resnet50().layer4.parameters())
+    head = 2048 * 3 + 3
+    assert int(run.data.params["trainable_parameters"]) == layer4 + head  # nothing else
+    model = mlflow.pyfunc.load_model(result.model_uri)
     (answer,) = model.predict(pd.DataFrame({"image": [photo_bytes()]}))
     assert len(answer["top_k"]) == 3
+
+
+def test_the_device_reaches_every_step(data_cfg, tracking_uri, monkeypatch):
+    """Caching, advancing, training, trials, evaluation and calibration all run on the
+    configured device: a distinct one (`cpu:0`) shows that none of them picks its own."""
+    device = torch.device("cpu", 0)
+    monkeypatch.setattr(training, "resolve_device", lambda name: device)
+    seen: dict[str, set] = {}
+
+    def spy(module, name: str, position: int) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            given = kwargs["device"] if "device" in kwargs else args[position]
+            seen.setdefault(name, set()).add(given)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(transfer, "cache_activations", 5)
+    spy(transfer, "advance", 3)
+    spy(training, "fit", 6)
+    spy(training, "predict", 2)
+    steps.train_transfer(
+        data_cfg,
+        TransferConfig(trainable_blocks=2, views=1),
+        TrainConfig(**{**FAST, "batch_size": 32}),
+        TuneConfig(n_trials=2, timeout=0, pruner="none"),  # a trial may train fewer stages
+    )
+    assert set(seen) == {"cache_activations", "advance", "fit", "predict"}
+    assert all(devices == {device} for devices in seen.values()), seen

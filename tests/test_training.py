@@ -7,19 +7,21 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import build_model
 
-from landmark import data, models, training
+from landmark import data, training
 from landmark.config import TrainConfig
 from landmark.preprocessing import eval_transform, train_transform
+from landmark.runtime.contract import ModelMetadata, Preprocessing
 
+CPU = torch.device("cpu")
+METADATA = ModelMetadata("landmark_cnn", ("a", "b", "c"), ("A", "B", "C"), Preprocessing(37, 32))
 TINY = TrainConfig(epochs=2, batch_size=8, num_workers=0, lr=3e-3, precision="fp32")
 
 
 def tiny_model(num_classes: int = 3, norm: str = "batch") -> torch.nn.Module:
     torch.manual_seed(0)
-    return models.build_model(
-        "landmark_cnn", num_classes, image_size=32, width=8, depth=2, norm=norm
-    )
+    return build_model("landmark_cnn", num_classes, image_size=32, width=8, depth=2, norm=norm)
 
 
 def loaders(data_cfg, model, augment: float = 0.5, num_workers: int = 0):
@@ -57,23 +59,39 @@ def test_fit_smoke_writes_checkpoints_and_calls_back(data_cfg, tmp_path):
     train_loader, val_loader = loaders(data_cfg, model)
     seen = []
     result = training.fit(
-        model, train_loader, val_loader, TINY, seed=1, checkpoint_dir=tmp_path / "ckpt",
+        model, train_loader, val_loader, TINY, seed=1, checkpoint_dir=tmp_path / "ckpt", device=CPU,
         on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)),
-        metadata={"class_names": ["a", "b", "c"]},
+        metadata=METADATA,
     )  # fmt: skip
     assert [epoch for epoch, _ in seen] == [0, 1]
     for _, metrics in seen:
         assert {"train/loss", "val/loss", "val/acc", "lr", "images_per_s"} <= set(metrics)
         assert np.isfinite(metrics["train/loss"])
-    assert len(result.history) == 2 and 0 <= result.best_epoch <= 1
+    accuracies = [h["val/acc"] for h in result.history]
+    assert result.best_epoch == accuracies.index(max(accuracies))
+    assert result.best_val_acc == max(accuracies)
     best = training.load_checkpoint(tmp_path / "ckpt" / "best.pt")
-    assert best["metadata"]["class_names"] == ["a", "b", "c"]
+    assert best["metadata"] == METADATA
     assert best["train_config"]["epochs"] == 2
-    # fit leaves the best weights in the model, and the checkpoint round-trips them.
-    restored = tiny_model()
-    restored.load_state_dict(best["model"])
+
+
+def test_fit_leaves_the_best_epochs_weights_in_the_model(data_cfg, tmp_path, monkeypatch):
+    """Validation says epoch 1 of 2 was best: the model ends with epoch 1's weights (`best.pt`),
+    not the last epoch's (`last.pt`)."""
+    model = tiny_model()
+    train_loader, val_loader = loaders(data_cfg, model)
+    accuracies = iter([0.9, 0.1])
+    monkeypatch.setattr(
+        training, "evaluate", lambda *args: {"val/loss": 1.0, "val/acc": next(accuracies)}
+    )
+    result = training.fit(model, train_loader, val_loader, TINY, 1, tmp_path, CPU)
+    assert result.best_epoch == 0
+    best, last = (
+        training.load_checkpoint(tmp_path / name)["model"] for name in ("best.pt", "last.pt")
+    )
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # the second epoch changed it
     for key, value in model.state_dict().items():
-        assert torch.equal(value, restored.state_dict()[key]), key
+        assert torch.equal(value, best[key]), key
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -82,7 +100,7 @@ def test_resume_continues_where_it_stopped(data_cfg, tmp_path, num_workers):
     four = dataclasses.replace(TINY, epochs=4, patience=10)
     straight = tiny_model()
     train_loader, val_loader = loaders(data_cfg, straight, num_workers=num_workers)
-    full = training.fit(straight, train_loader, val_loader, four, 7, tmp_path / "a")
+    full = training.fit(straight, train_loader, val_loader, four, 7, tmp_path / "a", CPU)
 
     interrupted = tiny_model()
     stop = RuntimeError("interrupted")
@@ -92,11 +110,11 @@ def test_resume_continues_where_it_stopped(data_cfg, tmp_path, num_workers):
             raise stop
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        training.fit(interrupted, train_loader, val_loader, four, 7, tmp_path / "b",
+        training.fit(interrupted, train_loader, val_loader, four, 7, tmp_path / "b", CPU,
                      on_epoch_end=crash_after_second)  # fmt: skip
     resumed_model = tiny_model()
     resume = dataclasses.replace(four, resume=str(tmp_path / "b" / "last.pt"))
-    resumed = training.fit(resumed_model, train_loader, val_loader, resume, 7, tmp_path / "b")
+    resumed = training.fit(resumed_model, train_loader, val_loader, resume, 7, tmp_path / "b", CPU)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     assert resumed.history[-1]["train/loss"] == pytest.approx(full.history[-1]["train/loss"])
     for key, value in straight.state_dict().items():
@@ -107,7 +125,7 @@ def test_early_stopping_when_validation_stalls(data_cfg, tmp_path):
     model = tiny_model(norm="none")  # no batch-norm statistics that could still change
     train_loader, val_loader = loaders(data_cfg, model)
     frozen = dataclasses.replace(TINY, epochs=10, patience=2, lr=0.0)  # nothing can improve
-    result = training.fit(model, train_loader, val_loader, frozen, 0, tmp_path)
+    result = training.fit(model, train_loader, val_loader, frozen, 0, tmp_path, CPU)
     assert result.stopped_early
     assert len(result.history) == 3  # the first epoch, then `patience` epochs without progress
 
@@ -128,8 +146,8 @@ def test_optimisers_and_schedules(optimizer, schedule):
     assert opt.param_groups[1]["weight_decay"] == 0.0  # no decay on biases and norms
 
 
-def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="optimizer"):
-        training.build_optimizer(tiny_model(), dataclasses.replace(TINY, optimizer="lion"))
-    with pytest.raises(ValueError, match="precision"):
-        training.autocast_dtype("fp8", torch.device("cpu"))
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_cuda_without_a_gpu_says_what_to_do():
+    assert training.resolve_device("auto") == CPU
+    with pytest.raises(ValueError, match="no CUDA GPU; use device=auto or cpu"):
+        training.resolve_device("cuda")

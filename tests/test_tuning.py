@@ -259,14 +259,23 @@ def test_train_scratch_tunes_then_trains_the_best(data_cfg, tracking_uri):
     assert sorted(runs) == [0, 1, 2]
     assert parent.data.metrics["tuning/trials_complete"] == 3
     assert "test/top1" in parent.data.metrics and "test/top1" not in runs[0].data.metrics
-    model = tracking.load_pyfunc(result["model_uri"]).unwrap_python_model()
-    trained = model.predictor.metadata["train_config"]  # what the final model trained with
+    model = tracking.load_pyfunc(result.model_uri).unwrap_python_model()
+    trained = model.predictor.metadata.train_config  # what the final model trained with
     assert trained["lr"] == pytest.approx(float(parent.data.params["best_lr"]))
     assert trained["epochs"] == 2  # the final model's epochs, not the trials'
     assert parent.data.params["lr"] == str(ScratchTrainConfig.lr)  # the untuned default
 
 
-def test_train_transfer_tunes_the_number_of_trained_stages(data_cfg, tracking_uri):
+def test_train_transfer_tunes_the_number_of_trained_stages(data_cfg, tracking_uri, monkeypatch):
+    trained = {}  # run id -> (stages the trained module has, whether all of them train)
+    fit = training.fit
+
+    def recording_fit(net, *args, **kwargs):
+        trains = all(p.requires_grad for p in net.stages.parameters())
+        trained[mlflow.active_run().info.run_id] = (len(net.stages), trains)
+        return fit(net, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", recording_fit)
     steps.train_transfer(
         data_cfg,
         TransferConfig(trainable_blocks=2, views=1),
@@ -279,8 +288,12 @@ def test_train_transfer_tunes_the_number_of_trained_stages(data_cfg, tracking_ur
     runs = trial_runs(client, parent.info.run_id)
     assert runs[0].data.params["trainable_blocks"] == "2"  # the defaults come first
     assert len({r.data.params["trainable_blocks"] for r in runs.values()}) >= 2
-    trainable = {int(r.data.params["trainable_blocks"]) for r in runs.values()}
-    assert trainable <= {0, 1, 2}
+    for run in runs.values():  # each trial trained as many stages as it chose
+        assert trained[run.info.run_id] == (int(run.data.params["trainable_blocks"]), True)
+    summary = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/tuning/summary.json")
+    best = runs[summary["best_number"]].data.params["trainable_blocks"]
+    assert parent.data.params["best_trainable_blocks"] == best
+    assert trained[parent.info.run_id] == (int(best), True)  # and so does the final model
 
 
 def test_the_final_model_repeats_the_best_trial(data_cfg, tracking_uri):
@@ -306,4 +319,10 @@ def test_the_final_model_repeats_the_best_trial(data_cfg, tracking_uri):
     metrics = parent.data.metrics
     assert len(history(parent.info.run_id, "val/acc")) == FAST["epochs"]
     assert metrics["best_val_acc"] == pytest.approx(metrics["tuning/best_val_acc"])
-    assert metrics["tuning/best_val_acc"] >= metrics["tuning/default_val_acc"]
+    runs = trial_runs(client, parent.info.run_id)
+    accs = {n: max(v for _, v in history(r.info.run_id, "val/acc")) for n, r in runs.items()}
+    assert metrics["tuning/best_val_acc"] == pytest.approx(max(accs.values()))
+    assert accs[summary["best_number"]] == max(accs.values())
+    params = parent.data.params
+    chosen = {k.removeprefix("best_"): v for k, v in params.items() if k.startswith("best_")}
+    assert chosen == best.data.params

@@ -1,12 +1,17 @@
-"""Predicting landmarks for encoded photos: what the served MLflow model does per request.
+"""Predicting landmarks for encoded photos: what the served model, the app and the tagger do.
 
-`Predictor` wraps the exported TorchScript file; it decodes each photo safely, runs the model
-and returns the top-k landmarks, the location of the top one, and whether the model knows it.
-Bad photos raise `BadRequestError` naming the offending row. MLflow-free (see `tracking`).
+`Predictor` wraps the exported TorchScript file and its `ModelMetadata`; it decodes each photo
+safely, runs the model and returns the top-k landmarks, the location of the top one, and
+whether the model knows it. Bad photos raise `BadRequestError` naming the offending row.
+MLflow-free (see `tracking`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,9 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from landmark import export, images
+from landmark.config import ServeConfig
+from landmark.runtime import images
+from landmark.runtime.contract import METADATA_FILE, ModelMetadata
 
-DEFAULT_TOP_K = 5
+DEFAULT = ServeConfig()
 # The answer for a bad photo when errors are reported (same fields as a real answer).
 NO_ANSWER = {
     "label": None, "name": None, "probability": None, "known": False, "location": None, "top_k": []
@@ -31,13 +38,9 @@ class BadRequestError(ValueError):
 class Predictor:
     """The exported classifier and its metadata, ready to answer requests."""
 
-    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any]) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, metadata: ModelMetadata) -> None:
         self.module, self.metadata = module, metadata
-        self.folders: list[str] = metadata["class_folders"]
-        self.names: list[str] = metadata["class_names"]
-        self.locations: dict[str, dict] = metadata.get("locations", {})
-        self.threshold: float = float(metadata.get("threshold", 0.5))
-        self.resize_size: int = metadata["preprocessing"]["resize_size"]
+        self.threshold = DEFAULT.threshold if metadata.threshold is None else metadata.threshold
         # torch's OpenMP workers belong to the thread that calls the model. Servers call from
         # whichever pool thread is free (MLflow's scoring server alternates two), and two teams
         # spinning on two cores made each forward pass twice as slow. One thread runs them all.
@@ -45,12 +48,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
-        return cls(*export.load_torchscript(path))
+        return cls(*load_torchscript(path))
 
     def probabilities(self, photo: bytes, row: int = 0) -> np.ndarray:
         """Class probabilities `(C,)` of one encoded photo."""
         try:
-            img = images.load_rgb(photo, draft_size=self.resize_size)
+            img = images.load_rgb(photo, draft_size=self.metadata.preprocessing.resize_size)
         except images.BadImageError as e:
             raise BadRequestError(f"row {row}: {e}") from e
         tensor = torch.from_numpy(np.array(central(img), dtype=np.uint8)).permute(2, 0, 1)
@@ -63,7 +66,7 @@ class Predictor:
     def predict(
         self,
         photos: list[bytes],
-        top_k: int = DEFAULT_TOP_K,
+        top_k: int = DEFAULT.top_k,
         threshold: float | None = None,
         errors: str = "raise",
     ) -> list[dict[str, Any]]:
@@ -76,7 +79,7 @@ class Predictor:
             raise BadRequestError(f"top_k must be at least 1, got {top_k}")
         if errors not in {"raise", "report"}:
             raise BadRequestError(f"errors must be 'raise' or 'report', got {errors!r}")
-        top_k = min(top_k, len(self.folders))
+        top_k = min(top_k, self.metadata.num_classes)
         threshold = self.threshold if threshold is None else float(threshold)
         answers = []
         for row, photo in enumerate(photos):
@@ -93,18 +96,20 @@ class Predictor:
         return answers
 
     def describe(self, probs: np.ndarray, top_k: int, threshold: float) -> dict[str, Any]:
+        """The answer for class probabilities `probs` `(C,)`."""
+        folders, names = self.metadata.class_folders, self.metadata.class_names
         order = np.argsort(-probs)[:top_k]
         ranked = [
-            {"label": self.folders[c], "name": self.names[c], "probability": float(probs[c])}
-            for c in order
+            {"label": folders[c], "name": names[c], "probability": float(probs[c])} for c in order
         ]
         best = ranked[0]
+        location = self.metadata.location(best["label"])
         return {
             "label": best["label"],
             "name": best["name"],
             "probability": best["probability"],
             "known": best["probability"] >= threshold,
-            "location": self.locations.get(best["label"]),
+            "location": dataclasses.asdict(location) if location else None,
             "top_k": ranked,
         }
 
@@ -124,3 +129,19 @@ def central(img: Image.Image, margin: float = 4.0) -> Image.Image:
         top = (height - keep) // 2
         return img.crop((0, top, width, top + keep))
     return img
+
+
+def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+    """The exported classifier (on the CPU) and its metadata."""
+    extra = {METADATA_FILE: ""}
+    with torchscript_on_purpose():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module.eval(), ModelMetadata.from_json(extra[METADATA_FILE])
+
+
+@contextlib.contextmanager
+def torchscript_on_purpose() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation notice: TorchScript is the format we ship."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+        yield

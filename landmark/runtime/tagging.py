@@ -15,17 +15,20 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from landmark import images
+from landmark import tracking
+from landmark.config import TagConfig
+from landmark.runtime import images
+from landmark.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +36,28 @@ MODEL_ATTRIBUTE = "landmark:Model"
 NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
 
 
-@dataclass(frozen=True)
-class TagConfig:
-    """What `landmark tag` does besides reading photos."""
+class Scorer(Protocol):
+    """Answers for photos: this process (`LocalScorer`) or a Spark cluster (`spark.SparkScorer`).
 
-    report: Path = Path("landmark-report.jsonl")
-    organize: Path | None = None  # per-landmark folders of links (or copies)
-    copy: bool = False  # organize with copies instead of symbolic links
-    gps_copies: Path | None = None  # JPEG copies with the landmark's GPS written into EXIF
-    overwrite_gps: bool = False  # also tag photos whose EXIF already has GPS
-    top_k: int = 3
+    `score` takes `(photo, bytes)` pairs and yields `(photo, bytes or None, answer)`; an answer
+    for a bad photo carries `error`. It may answer one by one or all at the end.
+    """
+
+    def score(
+        self, photos: Iterable[tuple[Path, bytes]], top_k: int, threshold: float | None
+    ) -> Iterator[tuple[Path, bytes | None, dict[str, Any]]]: ...
+
+
+class LocalScorer:
+    """Scores each photo in this process as soon as it comes (`Predictor`)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def score(self, photos, top_k, threshold):
+        for photo, data in photos:
+            (answer,) = self.predictor.predict([data], top_k, threshold, errors="report")
+            yield photo, data, answer
 
 
 def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
@@ -190,9 +205,12 @@ class Tagger:
 
     def __init__(self, cfg: TagConfig, model_id: str) -> None:
         self.cfg, self.model_id = cfg, model_id
+        self.organize = Path(cfg.organize) if cfg.organize else None
+        self.gps_copies = Path(cfg.gps_copies) if cfg.gps_copies else None
         self.counts: dict[str, int] = {}
-        cfg.report.parent.mkdir(parents=True, exist_ok=True)
-        self.report = cfg.report.open("a")
+        report = Path(cfg.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        self.report = report.open("a")
 
     def close(self) -> None:
         self.report.close()
@@ -216,8 +234,9 @@ class Tagger:
             return {**row, "status": "has_gps", "photo_gps": list(gps)}, None
         return None, data
 
-    def record(self, photo: Path, data: bytes, answer: dict[str, Any]) -> dict[str, Any]:
-        """Act on one prediction and write its report line."""
+    def record(self, photo: Path, data: bytes | None, answer: dict[str, Any]) -> dict[str, Any]:
+        """Act on one prediction and write its report line. `data` (the photo's bytes) is read
+        again only when a GPS copy needs it and the scorer did not keep it."""
         row: dict[str, Any] = {"path": str(photo), "model": self.model_id}
         if answer.get("error"):
             return self.write({**row, "status": "error", "error": answer["error"]})
@@ -237,10 +256,12 @@ class Tagger:
             sidecar = sidecar_path(photo)
             _write_atomically(sidecar, xmp_sidecar(answer, self.model_id).encode())
             row["sidecar"] = str(sidecar)
-            if self.cfg.organize:
+            if self.organize:
                 row["organized"] = str(self._organize(photo, answer))
-            if self.cfg.gps_copies and location and data[:2] == b"\xff\xd8":
-                copy = self._unique(self.cfg.gps_copies / photo.name, photo)
+            if self.gps_copies and location and data is None:
+                data = photo.read_bytes()
+            if self.gps_copies and location and data[:2] == b"\xff\xd8":
+                copy = self._unique(self.gps_copies / photo.name, photo)
                 _write_atomically(
                     copy, jpeg_with_gps(data, location["latitude"], location["longitude"])
                 )
@@ -257,7 +278,7 @@ class Tagger:
 
     def _organize(self, photo: Path, answer: dict[str, Any]) -> Path:
         country = (answer.get("location") or {}).get("country") or "Unknown country"
-        folder = self.cfg.organize / _safe(country) / _safe(answer["name"])
+        folder = self.organize / _safe(country) / _safe(answer["name"])
         target = self._unique(folder / photo.name, photo)
         if target.exists() or target.is_symlink():
             return target  # the same photo, organized by an earlier run
@@ -291,61 +312,50 @@ def _write_atomically(path: Path, content: bytes) -> None:
     tmp.replace(path)
 
 
-def tag_local(
-    photos: list[Path], predictor: Any, tagger: Tagger, threshold: float | None = None
-) -> Iterator[dict[str, Any]]:
-    """Predict and record photos one by one in this process, with a progress bar."""
+def tag_photos(
+    photos: list[Path], tagger: Tagger, scorer: Scorer, threshold: float | None = None
+) -> None:
+    """The tagger's one loop: triage each photo (resume, GPS, unreadable), score the rest with
+    `scorer`, and record every outcome (each report line is written as soon as it is known)."""
     start = time.perf_counter()
     bar = tqdm(photos, desc="tagging", unit="photo")
-    for i, photo in enumerate(bar, 1):
-        row, data = tagger.triage(photo)
-        if row is not None:
-            yield tagger.write(row)
-            continue
-        (answer,) = predictor.predict([data], tagger.cfg.top_k, threshold, errors="report")
-        yield tagger.record(photo, data, answer)
-        bar.set_postfix(photos_s=f"{i / (time.perf_counter() - start):.1f}")
+
+    def pending() -> Iterator[tuple[Path, bytes]]:
+        for i, photo in enumerate(bar, 1):
+            row, data = tagger.triage(photo)
+            if row is None:
+                yield photo, data
+            else:
+                tagger.write(row)
+            bar.set_postfix(photos_s=f"{i / (time.perf_counter() - start):.1f}")
+
+    for photo, data, answer in scorer.score(pending(), tagger.cfg.top_k, threshold):
+        tagger.record(photo, data, answer)
 
 
-def tag(
-    paths: list[Path],
-    cfg: TagConfig,
-    model: str = "models:/landmark-classifier@champion",
-    engine: str = "local",
-    threshold: float | None = None,
-    spark_master: str = "local[2]",
-) -> dict[str, int]:
-    """Tag every photo below `paths` with `model` (an MLflow model URI or, for the local
+def tag(paths: list[Path], cfg: TagConfig) -> dict[str, int]:
+    """Tag every photo below `paths` with `cfg.model` (an MLflow model URI or, for the local
     engine, a TorchScript file); return how many photos ended in each status."""
-    import tempfile
-
-    from landmark import tracking
-    from landmark.serving import Predictor
-
-    if engine not in {"local", "spark"}:
-        raise ValueError(f"engine must be 'local' or 'spark', got {engine!r}")
-    if engine == "spark" and Path(model).is_file():
+    if cfg.engine == "spark" and Path(cfg.model).is_file():
         raise ValueError("--engine spark needs an MLflow model URI, not a file")
     with tempfile.TemporaryDirectory() as tmp:
-        torchscript, info = tracking.fetch_model(model, Path(tmp))
-        model_id = model_id_of(model, info, torchscript)
+        torchscript, info = tracking.fetch_model(cfg.model, Path(tmp))
+        model_id = model_id_of(cfg.model, info, torchscript)
         predictor = Predictor.load(torchscript)
+    if cfg.engine == "spark":
+        from landmark.runtime.spark import SparkScorer  # pyspark is large: only when asked
+
+        scorer: Scorer = SparkScorer(cfg.model, predictor.metadata, cfg.spark_master)
+    else:
+        scorer = LocalScorer(predictor)
     photos, problems = find_photos(paths)
-    log.info("%d photos to tag with %s (%s engine)", len(photos), model_id, engine)
+    log.info("%d photos to tag with %s (%s engine)", len(photos), model_id, cfg.engine)
     tagger = Tagger(cfg, model_id)
     start = time.perf_counter()
     try:
         for row in problems:
             tagger.write(row)
-        if engine == "local":
-            rows = tag_local(photos, predictor, tagger, threshold)
-        else:
-            from landmark import spark
-
-            locations = predictor.locations
-            rows = spark.tag(photos, model, tagger, locations, threshold, spark_master)
-        for _ in rows:
-            pass
+        tag_photos(photos, tagger, scorer, cfg.threshold)
     finally:
         tagger.close()
     seconds = time.perf_counter() - start

@@ -20,8 +20,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from landmark import images, tracking
-from landmark.serving import BadRequestError, Predictor
+from landmark import tracking
+from landmark.config import AppConfig, ServeConfig
+from landmark.runtime import images
+from landmark.runtime.predictor import BadRequestError, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,9 @@ class LocalClassifier:
 
     def __init__(self, predictor: Predictor, title: str) -> None:
         self.predictor = predictor
-        top1 = predictor.metadata.get("metrics", {}).get("test/top1")
+        top1 = predictor.metadata.metrics.get("test/top1")
         accuracy = f" · test top-1 accuracy {top1:.1%}" if top1 is not None else ""
-        self.description = f"{title} · {predictor.metadata['arch']}{accuracy}"
+        self.description = f"{title} · {predictor.metadata.arch}{accuracy}"
 
     def predict(self, photo: bytes, top_k: int) -> dict[str, Any]:
         return self.predictor.predict([photo], top_k)[0]
@@ -70,7 +72,7 @@ class EndpointClassifier:
 
 def load_classifier(model: str, endpoint: str = "") -> tuple[Classifier, dict[str, Any]]:
     """A classifier for `endpoint` if given, else for `model` (a TorchScript file or an MLflow
-    model URI such as `models:/landmark-classifier@champion`); and what is known about it."""
+    model URI such as the registry's champion); and what is known about it."""
     if endpoint:
         return EndpointClassifier(endpoint), {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +125,7 @@ def create_app(classifier: Classifier, examples: list[Path]) -> FastAPI:
         return Response(path.read_bytes(), media_type=media)
 
     @app.post("/api/predict")
-    async def predict(request: Request, top_k: int = 5) -> JSONResponse:
+    async def predict(request: Request, top_k: int = ServeConfig().top_k) -> JSONResponse:
         photo = await request.body()
         name = urllib.parse.unquote(request.headers.get("x-filename", "photo"))
         if len(photo) > MAX_UPLOAD_BYTES:
@@ -141,13 +143,14 @@ def create_app(classifier: Classifier, examples: list[Path]) -> FastAPI:
     return app
 
 
-def run(model: str, endpoint: str, examples: str, host: str, port: int) -> None:
+def run(cfg: AppConfig) -> None:
     """Load the model, pick the examples and serve the app until interrupted."""
-    classifier, info = load_classifier(model, endpoint)
-    source = Path(examples or info.get("data", "") or "nowhere")
+    classifier, info = load_classifier(cfg.model, cfg.endpoint)
+    source = Path(cfg.examples or info.get("data", "") or "nowhere")
     chosen = pick_examples(source) if source.is_dir() else []
     log.info("Model: %s; %d example photos from %s", classifier.description, len(chosen), source)
-    uvicorn.run(create_app(classifier, chosen), host=host, port=port, log_level="warning")
+    app = create_app(classifier, chosen)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
 PAGE = (Path(__file__).parent / "app.html").read_text()
