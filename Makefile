@@ -13,7 +13,8 @@ DATA ?=
 ENTRY ?= main
 EXPERIMENT ?= landmark
 PYTEST_ARGS ?=
-MODEL ?= models:/landmark-classifier@champion
+# The registry's champion (landmark/config.py is the one home of that URI).
+MODEL ?= $(shell $(BIN)/python -c 'from landmark.config import CHAMPION_URI; print(CHAMPION_URI)')
 PORT ?= 5001
 # A local DATA path is made absolute: `mlflow run` executes in this folder, not yours.
 DATA_ARG := $(if $(wildcard $(DATA)),$(abspath $(DATA)),$(DATA))

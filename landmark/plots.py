@@ -139,3 +139,38 @@ def training_curves(history: list[dict]) -> Figure:
         ax.set_xlabel("epoch")
         ax.legend()
     return fig
+
+
+def open_set_scores(known: np.ndarray, unknown: np.ndarray, score: str, threshold: float) -> Figure:
+    """Histograms of a known-ness score: known landmarks' validation photos vs photos of
+    held-out landmarks (all rotations), with the write threshold."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    bins = np.linspace(min(known.min(), unknown.min()), max(known.max(), unknown.max()), 40)
+    ax.hist(known, bins, alpha=0.6, density=True, label=f"known landmarks ({len(known)})")
+    ax.hist(unknown, bins, alpha=0.6, density=True, label=f"held-out landmarks ({len(unknown)})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"write threshold {threshold:.3g}")
+    ax.set_xlabel(score)
+    ax.set_ylabel("density")
+    ax.set_title("Open set: known vs never-seen landmarks (held-out-class proxies)")
+    ax.legend()
+    return fig
+
+
+def precision_coverage(
+    known: np.ndarray, known_correct: np.ndarray, unknown: np.ndarray, score: str
+) -> Figure:
+    """For every threshold: coverage (share of known-landmark photos written) against
+    precision (share of written photos whose place is right: known and correctly classified)."""
+    thresholds = np.unique(np.r_[known, unknown])[::-1]
+    written_known = np.array([(known >= t).sum() for t in thresholds])
+    right = np.array([(known_correct & (known >= t)).sum() for t in thresholds])
+    written = written_known + np.array([(unknown >= t).sum() for t in thresholds])
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(written_known / len(known), right / np.maximum(written, 1))
+    ax.set_xlabel("coverage: known-landmark photos written")
+    ax.set_ylabel("precision: written photos placed right")
+    ax.set_title(f"Precision / coverage by {score} (held-out-class proxies)")
+    ax.grid(alpha=0.3)
+    return fig

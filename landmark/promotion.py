@@ -12,6 +12,8 @@ from typing import Any
 
 from landmark.config import CHAMPION, PREVIOUS
 
+OPEN_SET_TAG = "open_set/false_accept"  # written by `tracking.register_model`
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -23,13 +25,20 @@ class Decision:
 
 
 def decide(
-    versions: list[dict[str, Any]], metric: str, version: str = "", force: bool = False
+    versions: list[dict[str, Any]],
+    metric: str,
+    version: str = "",
+    force: bool = False,
+    open_set_tolerance: float = 0.0,
 ) -> Decision:
     """The promotion that `versions` (from `tracking.model_versions`) call for.
 
     The best version by `metric` (ties: the newest) becomes champion if there is none, or if
-    it beats the current champion on the same data set (same `data_fingerprint` tag). `version`
-    names a candidate instead of the best; `force` promotes it without the comparison.
+    it beats the current champion on the same data set (same `data_fingerprint` tag) and does
+    not let more than `open_set_tolerance` more of the unknown landmarks through (its
+    `open_set/false_accept` tag, from the held-out-class protocol); a version without that
+    figure never replaces a champion that has it. `version` names a candidate instead of the
+    best; `force` promotes it without the comparisons.
     """
     if not versions:
         return Decision(False, None, "no registered versions: train a model first")
@@ -62,6 +71,11 @@ def decide(
             f"{name} was tested on another data set than {_describe(champion)}; "
             "use force to promote it anyway",
         )
+    regression = _open_set_regression(candidate, champion, open_set_tolerance)
+    if regression:
+        return Decision(
+            False, candidate["version"], f"{name} {regression}; use force to promote it"
+        )
     new, old = score(candidate, metric), score(champion, metric)
     if old is not None and new is not None and new <= old:
         return Decision(
@@ -69,6 +83,23 @@ def decide(
         )
     beaten = f"{_describe(champion)} ({old:.4f})" if old is not None else _describe(champion)
     return Decision(True, candidate["version"], f"{name} {metric} {new:.4f} beats {beaten}")
+
+
+def _open_set_regression(
+    candidate: dict[str, Any], champion: dict[str, Any], tolerance: float
+) -> str:
+    """Why the candidate guards against unknown landmarks worse than the champion ("" if not)."""
+    old, new = score(champion, OPEN_SET_TAG), score(candidate, OPEN_SET_TAG)
+    if old is None:
+        return ""
+    if new is None:
+        return f"has no open-set figures while {_describe(champion)} lets {old:.1%} through"
+    if new > old + tolerance:
+        return (
+            f"lets {new:.1%} of unknown landmarks through, {_describe(champion)} {old:.1%} "
+            f"(tolerance {tolerance:.0%})"
+        )
+    return ""
 
 
 def rollback(versions: list[dict[str, Any]]) -> Decision:

@@ -1,6 +1,6 @@
 """Getting a data set onto disk: a local folder, a local zip, or a zip at an http(s) URL.
 
-Downloads retry transient failures (urllib3's `Retry`), are verified (size, zip integrity,
+Downloads retry transient failures (tenacity), are verified (size, zip integrity,
 optional sha256) and, like extractions, written atomically: a failure leaves nothing half-done
 behind, and finished work is reused next time.
 """
@@ -18,18 +18,23 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import requests
-from requests.adapters import HTTPAdapter
+import tenacity
 from tqdm.auto import tqdm
-from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-RETRIES = 4  # attempts after the first, for refused connections and 429/5xx answers
+RETRIES = 4  # attempts after the first, for refused or dropped connections and 429/5xx
+RETRY_WAIT = 1.0  # seconds before the first retry; doubling
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class DataSourceError(RuntimeError):
     """The data set could not be fetched, verified or extracted; the message says how to fix it."""
+
+
+class TransientDownloadError(DataSourceError):
+    """A download failure that may not happen again (connection, 429/5xx, body cut short)."""
 
 
 def fetch(source: str, cache_dir: str | Path, sha256: str = "") -> Path:
@@ -60,8 +65,11 @@ def fetch(source: str, cache_dir: str | Path, sha256: str = "") -> Path:
 def download(url: str, dest: Path, sha256: str = "") -> Path:
     """Download `url` to `dest` with a progress bar, verify it, and move it into place.
 
-    An existing `dest` is reused (after the sha256 check, when one is given). The bytes go to a
-    temporary file next to `dest` that is removed on any failure, including Ctrl-C.
+    Transient failures (refused or dropped connections, HTTP 429 and 5xx, a body cut short) are
+    retried `RETRIES` times with exponential waits; the integrity checks (size, zip CRCs,
+    sha256) run on the finished file. An existing `dest` is reused (after the sha256 check, when
+    one is given). The bytes go to a temporary file next to `dest` that is removed on any
+    failure, including Ctrl-C.
     """
     if dest.exists():
         if sha256:
@@ -70,14 +78,16 @@ def download(url: str, dest: Path, sha256: str = "") -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            received, expected = _stream(url, out)
-        if expected is not None and received != expected:
-            raise DataSourceError(
-                f"download of {url} stopped after {received:,} of {expected:,} bytes; retry"
-            )
+        tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientDownloadError),
+            stop=tenacity.stop_after_attempt(1 + RETRIES),
+            wait=tenacity.wait_exponential(multiplier=RETRY_WAIT, max=60),
+            before_sleep=_log_retry,
+            reraise=True,
+        )(_download_once, url, tmp)
         if sha256:
             _check_sha256(tmp, sha256)
         _check_zip(tmp, url)
@@ -87,46 +97,40 @@ def download(url: str, dest: Path, sha256: str = "") -> Path:
     return dest
 
 
-def http_session(retries: int = RETRIES, backoff: float = 1.0) -> requests.Session:
-    """A session that retries what is usually transient: refused or dropped connections and
-    HTTP 429/500/502/503/504 (honouring Retry-After), waiting `backoff` x 1, 2, 4, ... s."""
-    retry = Retry(
-        total=retries,
-        backoff_factor=backoff,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=frozenset({"GET"}),
-        respect_retry_after_header=True,
-    )
-    session = requests.Session()
-    session.headers["User-Agent"] = "landmark"
-    for scheme in ("http://", "https://"):
-        session.mount(scheme, HTTPAdapter(max_retries=retry))
-    return session
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    log.warning("%s; retrying (attempt %d)", state.outcome.exception(), state.attempt_number + 1)
 
 
-def _stream(url: str, out, session: requests.Session | None = None) -> tuple[int, int | None]:
-    session = session or http_session()
+def _download_once(url: str, path: Path) -> None:
+    """One attempt: stream `url` into `path` (from the start), or raise."""
     try:
-        response = session.get(url, stream=True, timeout=60)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise DataSourceError(f"cannot download {url}: {e}") from e
+        response = requests.get(url, stream=True, timeout=60, headers={"User-Agent": "landmark"})
+    except requests.RequestException as e:  # refused, reset, timed out
+        raise TransientDownloadError(f"cannot download {url}: {e}") from e
     with response:
+        if response.status_code in TRANSIENT_STATUS:
+            raise TransientDownloadError(f"cannot download {url}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise DataSourceError(f"cannot download {url}: HTTP {response.status_code}")
         length = response.headers.get("Content-Length")
         expected = int(length) if length else None
-        received = 0
-        with tqdm(total=expected, unit="B", unit_scale=True, desc=f"Downloading {url}") as bar:
+        received, broken = 0, None
+        with (
+            path.open("wb") as out,
+            tqdm(total=expected, unit="B", unit_scale=True, desc=f"Downloading {url}") as bar,
+        ):
             try:
                 for chunk in response.iter_content(CHUNK):
                     out.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            except requests.RequestException as e:
-                total = f"{expected:,}" if expected is not None else "?"
-                raise DataSourceError(
-                    f"download of {url} stopped after {received:,} of {total} bytes ({e}); retry"
-                ) from e
-    return received, expected
+            except requests.RequestException as e:  # the connection broke mid-way
+                broken = e
+    if broken is not None or (expected is not None and received != expected):
+        total = f"{expected:,}" if expected is not None else "?"
+        raise TransientDownloadError(
+            f"download of {url} stopped after {received:,} of {total} bytes"
+        ) from broken
 
 
 def extract_zip(zip_path: Path, datasets_dir: Path) -> Path:

@@ -6,12 +6,12 @@ Each step runs inside its own MLflow run (nested when called from `main`).
 from __future__ import annotations
 
 import csv
-import datetime
-import getpass
 import io
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +23,19 @@ from landmark import (
     evaluation,
     export,
     models,
+    openset,
     plots,
     promotion,
+    scratch,
     tracking,
     training,
     transfer,
     tuning,
 )
 from landmark.config import (
-    CHAMPION,
-    PREVIOUS,
     SCRATCH_ARCH,
     DataConfig,
+    OpenSetConfig,
     PromoteConfig,
     ScratchConfig,
     ScratchTrainConfig,
@@ -74,7 +75,11 @@ def prepare(cfg: DataConfig) -> data.LandmarkData:
 
 
 def train_transfer(
-    data_cfg: DataConfig, cfg: TransferConfig, train_cfg: TrainConfig, tune_cfg: TuneConfig
+    data_cfg: DataConfig,
+    cfg: TransferConfig,
+    train_cfg: TrainConfig,
+    tune_cfg: TuneConfig,
+    open_cfg: OpenSetConfig = OpenSetConfig(),
 ) -> TrainResult:
     """Tune, then fine-tune a pretrained backbone; evaluate on test, export and log the model.
 
@@ -84,9 +89,9 @@ def train_transfer(
     """
     device = training.resolve_device(train_cfg.device)
     with tracking.start_run("train_transfer") as run_id:
-        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg))
+        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg, open_cfg))
         dataset, split = _load(data_cfg)
-        build = transfer.builder(data_cfg, cfg, train_cfg, dataset, split, device)
+        build = transfer.Builder(data_cfg, cfg, train_cfg, dataset, split, device)
         space = tuning.transfer_space(0 if cfg.mode == "frozen" else cfg.trainable_blocks)
         study = f"train_transfer-{cfg.arch}-{dataset.fingerprint[:12]}"
         configs = (cfg, train_cfg)
@@ -95,28 +100,28 @@ def train_transfer(
         )
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, cfg.arch, train_cfg)
-        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
-        return _finish(model, metadata, dataset, split, result, device)
+        _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
+        rotations = _rotations(open_cfg, dataset, data_cfg.seed)
+        if build.caches:  # EfficientNet-Lite: proxies train stages without the held-out classes
+            open_set = _open_set(lambda: build.open_set(cfg, train_cfg, rotations), open_cfg)
+        else:  # torchvision backbones: proxies on the trained model's features
+            open_set = _open_set_on_features(model, dataset, split, rotations, device, open_cfg)
+        return _finish(model, metadata, dataset, split, device, open_set)
 
 
 def train_scratch(
-    data_cfg: DataConfig, cfg: ScratchConfig, train_cfg: ScratchTrainConfig, tune_cfg: TuneConfig
+    data_cfg: DataConfig,
+    cfg: ScratchConfig,
+    train_cfg: ScratchTrainConfig,
+    tune_cfg: TuneConfig,
+    open_cfg: OpenSetConfig = OpenSetConfig(),
 ) -> TrainResult:
     """Tune, then train `LandmarkCNN` from scratch; evaluate on test, export and log the model."""
     device = training.resolve_device(train_cfg.device)
     with tracking.start_run("train_scratch") as run_id:
-        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg))
+        tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg, open_cfg))
         dataset, split = _load(data_cfg)
-
-        def build(cfg: ScratchConfig, train_cfg: TrainConfig) -> tuple:
-            training.seed_everything(data_cfg.seed)
-            model = models.build_model(SCRATCH_ARCH, dataset.num_classes, **asdict(cfg))
-            model = model.to(memory_format=torch.channels_last)
-            loaders = data.image_loaders(
-                model.preprocessing, dataset, split, train_cfg, data_cfg.seed
-            )
-            return model, model, *loaders
-
+        build = scratch.Builder(data_cfg.seed, dataset, split)
         study = f"train_scratch-{dataset.fingerprint[:12]}"
         configs = (cfg, train_cfg)
         cfg, train_cfg = tuning.tune_configs(
@@ -124,8 +129,10 @@ def train_scratch(
         )
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, SCRATCH_ARCH, train_cfg)
-        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
-        return _finish(model, metadata, dataset, split, result, device)
+        _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
+        rotations = _rotations(open_cfg, dataset, data_cfg.seed)
+        open_set = _open_set_on_features(model, dataset, split, rotations, device, open_cfg)
+        return _finish(model, metadata, dataset, split, device, open_set)
 
 
 @dataclass
@@ -150,19 +157,11 @@ def promote(cfg: PromoteConfig) -> promotion.Decision:
         if cfg.rollback:
             decision = promotion.rollback(versions)
         else:
-            decision = promotion.decide(versions, cfg.metric, cfg.version, cfg.force)
-        if decision.promote:
-            old = next((v for v in versions if CHAMPION in v["aliases"]), None)
-            tracking.set_alias(CHAMPION, decision.version)
-            if old is not None:
-                tracking.set_alias(PREVIOUS, old["version"])
-            when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-            who = getpass.getuser()
-            tracking.record_on_version(
-                decision.version,
-                {"promoted_at": when, "promoted_by": who, "promotion_reason": decision.reason},
-                f"{when} champion (by {who}): {decision.reason}",
+            decision = promotion.decide(
+                versions, cfg.metric, cfg.version, cfg.force, cfg.open_set_tolerance
             )
+        if decision.promote:
+            tracking.make_champion(decision.version, decision.reason)
         tracking.set_tags({"promotion": decision.reason})
         tracking.log_params({"promoted": decision.promote, "promoted_version": decision.version})
         log.info("%s: %s", "Promoted" if decision.promote else "Not promoted", decision.reason)
@@ -217,39 +216,117 @@ def _finish(
     metadata: ModelMetadata,
     dataset: data.LandmarkData,
     split: data.TrainValRows,
-    result: training.FitResult,
     device: torch.device,
+    open_set: dict[str, float | str],
 ) -> TrainResult:
-    """Calibrate on validation, evaluate on test (once), export, log and register."""
-    inference = models.fuse_for_inference(model).to(memory_format=torch.channels_last)
-    val_logits, val_labels = _logits(inference, dataset.train, split.val, device)
-    test_logits, test_labels = _logits(inference, dataset.test, None, device)
-    calibration = evaluation.calibrate(val_logits, val_labels)
-    report = evaluation.evaluate(test_logits, test_labels, calibration, dataset.class_names)
-    _log_evaluation(report, calibration, dataset)
+    """After training and the open-set evaluation: calibrate on validation (the write threshold
+    at the recall the proxies allowed), evaluate on test (once), export, register."""
+    val, test = _predict(model, dataset, split, device)
+    calibration = _calibrate(*val, open_set.get("known_recall"))
+    report = _evaluate(*test, calibration, dataset)
+    thresholds = calibration.threshold, calibration.show_threshold
     metadata = metadata.with_evaluation(
-        calibration.threshold, calibration.temperature, report.metrics
+        thresholds, calibration.temperature, report.metrics, open_set
     )
     model_uri = _export(model.cpu(), metadata, dataset.root / dataset.test.paths[0])
-    version = tracking.register_model(model_uri, metadata)
-    log.info("Test: %s; model %s, version %s", _format(report.metrics), model_uri, version)
-    return TrainResult(model_uri, version, metadata, calibration.probabilities(test_logits))
+    version = _register(model_uri, metadata)
+    return TrainResult(model_uri, version, metadata, calibration.probabilities(test[0]))
 
 
-def _logits(model, split, rows, device) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model, dataset, split, device) -> tuple[tuple, tuple]:
+    """(logits, labels) of the validation and the test photos, on `device` in full fp32."""
+    inference = models.fuse_for_inference(model).to(memory_format=torch.channels_last)
     with training.full_precision():
-        loader = data.eval_loader(model.preprocessing, split, rows)
-        logits, labels = training.predict(model, loader, device)
-    return logits.numpy(), labels.numpy()
+        out = []
+        for images, rows in ((dataset.train, split.val), (dataset.test, None)):
+            loader = data.eval_loader(model.preprocessing, images, rows)
+            logits, labels = training.predict(inference, loader, device)
+            out.append((logits.numpy(), labels.numpy()))
+    return out[0], out[1]
 
 
-def _log_evaluation(
-    report: evaluation.Report, calibration: evaluation.Calibration, dataset: data.LandmarkData
-) -> None:
+def _calibrate(val_logits, val_labels, write_recall: float | None) -> evaluation.Calibration:
+    calibration = evaluation.calibrate(val_logits, val_labels, write_recall)
     tracking.log_metrics(
-        {"unknown_threshold": calibration.threshold, "temperature": calibration.temperature}
+        {
+            "unknown_threshold": calibration.threshold,
+            "show_threshold": calibration.show_threshold,
+            "temperature": calibration.temperature,
+        }
     )
+    return calibration
+
+
+def _rotations(cfg: OpenSetConfig, dataset: data.LandmarkData, seed: int) -> list[np.ndarray]:
+    return openset.rotations_for(dataset.num_classes, cfg.held_out, cfg.rotations, seed)
+
+
+def _open_set_on_features(model, dataset, split, rotations, device, cfg: OpenSetConfig) -> dict:
+    """Proxies that are linear heads on the trained model's frozen pooled features."""
+
+    def proxies() -> list[openset.RotationResult]:
+        if not rotations:
+            return []
+        features = {}
+        for name, rows in (("train", split.train), ("val", split.val)):
+            loader = data.eval_loader(model.preprocessing, dataset.train, rows)
+            x, y = training.extract_features(model, loader, device)
+            features[name] = (x.numpy(), y.numpy())
+        return openset.frozen_feature_proxies(*features["train"], *features["val"], rotations)
+
+    return _open_set(proxies, cfg)
+
+
+def _open_set(proxies: Callable[[], list], cfg: OpenSetConfig) -> dict[str, float | str]:
+    """Run the proxies, log every score's figures and the plots; the shipped score's figures
+    (empty without rotations)."""
+    start = time.perf_counter()
+    rotations = proxies()
+    if not rotations:
+        log.info("No open-set evaluation (held_out=0 or too few classes)")
+        return {}
+    summary = openset.summarise(rotations, cfg.max_false_accept)
+    seconds = time.perf_counter() - start
+    tracking.log_metrics(
+        {f"open_set/{score}/{k}": v for score, row in summary.items() for k, v in row.items()}
+    )
+    tracking.log_dict(
+        {"held_out": [r.held_out for r in rotations], "scores": summary}, "open_set/summary.json"
+    )
+    score = openset.SHIPPED_SCORE
+    row = summary[score]
+    known = np.concatenate([r.known[score] for r in rotations])
+    unknown = np.concatenate([r.unknown[score] for r in rotations])
+    correct = np.concatenate([r.known_correct for r in rotations])
+    threshold = openset.threshold_for_recall(known, row["recall_at_max_false_accept"])
+    tracking.log_figure(
+        plots.open_set_scores(known, unknown, score, threshold), "plots/open_set_scores.png"
+    )
+    tracking.log_figure(
+        plots.precision_coverage(known, correct, unknown, score), "plots/precision_coverage.png"
+    )
+    figures = {
+        "auroc": row["auroc"],
+        "false_accept": row["carried_false_accept_mean"],
+        "known_recall": row["recall_at_max_false_accept"],
+        "max_false_accept": cfg.max_false_accept,
+        "seconds": seconds,
+    }
+    tracking.log_metrics({f"open_set/{k}": v for k, v in figures.items()})
+    log.info("Open set (%s, %d rotations): %s", score, len(rotations), figures)
+    return {"score": score, **figures}
+
+
+def _evaluate(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    calibration: evaluation.Calibration,
+    dataset: data.LandmarkData,
+) -> evaluation.Report:
+    report = evaluation.evaluate(logits, labels, calibration, dataset.class_names)
     tracking.log_evaluation(report, _evaluation_figures(report, dataset))
+    log.info("Test: %s", _format(report.metrics))
+    return report
 
 
 def _export(model: nn.Module, metadata: ModelMetadata, example: Path) -> str:
@@ -257,6 +334,12 @@ def _export(model: nn.Module, metadata: ModelMetadata, example: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt")
         return tracking.log_model(path, metadata, example.read_bytes())
+
+
+def _register(model_uri: str, metadata: ModelMetadata) -> str:
+    version = tracking.register_model(model_uri, metadata)
+    log.info("Model %s is version %s of the registry", model_uri, version)
+    return version
 
 
 def _evaluation_figures(report: evaluation.Report, dataset: data.LandmarkData) -> dict:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import datetime
+import getpass
 import logging
 import tempfile
 import warnings
@@ -30,7 +32,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from landmark.config import REGISTERED_MODEL, ServeConfig
+from landmark.config import CHAMPION, PREVIOUS, REGISTERED_MODEL, ServeConfig
 from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import BadRequestError, Predictor
 
@@ -161,7 +163,10 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
     Params per request: `top_k` (how many landmarks) and `threshold` (below it, `known` is
     false). The TorchScript file does the work; `runtime.predictor.Predictor` wraps it.
     Every version ever logged names this class (`landmark.tracking.LandmarkPyfunc`) in its
-    model code: it stays here, and it reads every metadata schema.
+    model code. A version also carries a copy of the package it was logged with (MLflow's
+    `code_paths`), which a fresh `mlflow models serve` process imports; where `landmark` is
+    already imported (the Spark driver, a notebook, the tests) this class serves it, so it
+    stays at this path and reads every metadata schema.
     """
 
     def load_context(self, context) -> None:
@@ -277,12 +282,15 @@ def register_model(model_uri: str, metadata: ModelMetadata, name: str = REGISTER
         "data_fingerprint": metadata.data_fingerprint,
         "run_id": active_run_id(),
         "threshold": metadata.threshold,
+        "show_threshold": metadata.show_threshold,
         "temperature": metadata.temperature,
         **metadata.metrics,
+        **{f"open_set/{k}": v for k, v in metadata.open_set.items()},
     }
     client = mlflow.MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        if value is not None:
+            client.set_model_version_tag(name, version, key, str(value))
     log.info("Registered %s as %s version %s", model_uri, name, version)
     return str(version)
 
@@ -307,6 +315,25 @@ def model_versions(name: str = REGISTERED_MODEL) -> list[dict[str, Any]]:
         for v in client.search_model_versions(f"name = '{name}'")
     ]
     return sorted(versions, key=lambda v: int(v["version"]))
+
+
+def make_champion(version: str, reason: str, name: str = REGISTERED_MODEL) -> None:
+    """Move `champion` to `version` and the old champion to `previous`; record when, by whom
+    and why on the version (tags, and a line of its description)."""
+    client = mlflow.MlflowClient()
+    aliases = client.get_registered_model(name).aliases
+    old = aliases.get(CHAMPION)
+    set_alias(CHAMPION, version, name)
+    if old is not None and str(old) != str(version):
+        set_alias(PREVIOUS, str(old), name)
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    who = getpass.getuser()
+    record_on_version(
+        version,
+        {"promoted_at": when, "promoted_by": who, "promotion_reason": reason},
+        f"{when} champion (by {who}): {reason}",
+        name,
+    )
 
 
 def set_alias(alias: str, version: str, name: str = REGISTERED_MODEL) -> None:

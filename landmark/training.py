@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import random
@@ -30,6 +31,9 @@ from landmark.runtime.contract import ModelMetadata
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# build(model_cfg, train_cfg) -> (model, trained module, train loader, val loader): what the
+# final training and every tuning trial start from (`scratch.Builder`, `transfer.Builder`).
+Builder = Callable[[Any, TrainConfig], tuple]
 
 
 def seed_everything(seed: int) -> None:
@@ -74,6 +78,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp32": None}[precision]
 
 
+# The choices of `TrainConfig.optimizer` (a test checks they agree).
+OPTIMIZERS: dict[str, Callable[[list[dict], float], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
+    "sgd": lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
+}
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters; no weight decay on biases and norms."""
     decay, no_decay = [], []
@@ -84,27 +95,35 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)  # the config allows only these two
+    return OPTIMIZERS[cfg.optimizer](groups, cfg.lr)
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: one-cycle, or cosine decay after one linear warm-up epoch."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    return SCHEDULES[cfg.schedule](optimizer, cfg.lr, cfg.epochs * steps_per_epoch, steps_per_epoch)
+
+
+def _cosine(optimizer, lr: float, total: int, steps_per_epoch: int):
     warmup = min(steps_per_epoch, total // 2)
 
-    def cosine(step: int) -> float:
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# The choices of `TrainConfig.schedule`: (optimizer, peak lr, total steps, steps per epoch).
+SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {
+    "onecycle": lambda opt, lr, total, _: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total
+    ),
+    "cosine": _cosine,
+}
 
 
 def train_one_epoch(
@@ -163,6 +182,19 @@ def predict(
             logits.append(model(images.to(device)).float().cpu())
         labels.append(targets)
     return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features `(N, F)` (`model.forward_features`) and labels of every batch, in order."""
+    model.to(device).eval()
+    features, labels = [], []
+    for images, targets in tqdm(loader, desc="features", unit="batch", leave=False):
+        features.append(model.forward_features(images.to(device)).float().cpu())
+        labels.append(targets)
+    return torch.cat(features), torch.cat(labels)
 
 
 def evaluate(
@@ -305,6 +337,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `fit`: weights, optimiser state, history, config, and its
     `ModelMetadata` (None if `fit` was given none)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if checkpoint.get("metadata"):
-        checkpoint["metadata"] = ModelMetadata.from_json(checkpoint["metadata"])
+    metadata = checkpoint.get("metadata")
+    if isinstance(metadata, dict):  # written before ModelMetadata: a plain dict, or {} for none
+        metadata = json.dumps(metadata) if metadata else None
+    checkpoint["metadata"] = ModelMetadata.from_json(metadata) if metadata else None
     return checkpoint

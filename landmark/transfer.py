@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from landmark import data, models, training, tuning
+from landmark import data, evaluation, models, openset, training
 from landmark.config import DataConfig, TrainConfig, TransferConfig
 from landmark.preprocessing import eval_transform, train_transform
 
@@ -37,10 +39,14 @@ class Suffix(nn.Module):
         self.stages = nn.Sequential(*model.stages()[start:])
         self.dropout, self.classifier = model.dropout, model.classifier  # shared, not copied
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features `(B, F)` of activations at stage `start` (or of pooled features)."""
         if x.dim() == 4:
             x = self.stages(x.float()).mean(dim=(2, 3))
-        return self.classifier(self.dropout(x.float()))
+        return x.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x)))
 
 
 def prefix(model: nn.Module, start: int) -> nn.Module:
@@ -115,6 +121,23 @@ class ActivationCache:
     val: torch.Tensor  # (M, ...) bf16, centre crops
     train_labels: np.ndarray
     val_labels: np.ndarray
+
+    def without(self, classes: np.ndarray) -> tuple[ActivationCache, torch.Tensor]:
+        """This cache without the photos of `classes` (labels renumbered 0..K-1 in order), and
+        the centre-view activations of those photos (training and validation rows)."""
+        known = np.setdiff1d(np.unique(np.r_[self.train_labels, self.val_labels]), classes)
+        renumber = {int(c): i for i, c in enumerate(known)}
+        keep_train = np.isin(self.train_labels, known)
+        keep_val = np.isin(self.val_labels, known)
+        unknown = torch.cat([self.train[0][~keep_train], self.val[~keep_val]])
+        cache = ActivationCache(
+            start=self.start,
+            train=self.train[:, torch.from_numpy(keep_train)],
+            val=self.val[torch.from_numpy(keep_val)],
+            train_labels=np.array([renumber[int(c)] for c in self.train_labels[keep_train]]),
+            val_labels=np.array([renumber[int(c)] for c in self.val_labels[keep_val]]),
+        )
+        return cache, unknown
 
     def loaders(self, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
         """Training loader (a random view of each photo per epoch) and validation loader."""
@@ -194,54 +217,105 @@ class _GlobalPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def builder(
-    data_cfg: DataConfig,
-    cfg: TransferConfig,
-    train_cfg: TrainConfig,
-    dataset: data.LandmarkData,
-    split: data.TrainValRows,
-    device: torch.device,
-) -> tuning.Builder:
-    """A `tuning.Builder` for transfer models. For EfficientNet-Lite, activations are cached now
-    (so a study's timeout is spent on trials) at the lowest stage any trial may train, and
-    advanced from there for trials that train fewer stages; torchvision backbones train end
-    to end on image loaders with their lower stages frozen."""
-    caches: dict[int, ActivationCache] = {}
+class Builder:
+    """A `training.Builder` for transfer models, and the proxies of the open-set evaluation.
 
-    def new_model(cfg: TransferConfig) -> nn.Module:
-        training.seed_everything(data_cfg.seed)
+    For EfficientNet-Lite, activations are cached on construction (so a study's timeout is
+    spent on trials) at the lowest stage any trial may train, and advanced from there for
+    trials that train fewer stages; torchvision backbones train end to end on image loaders
+    with their lower stages frozen.
+    """
+
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        cfg: TransferConfig,
+        train_cfg: TrainConfig,
+        dataset: data.LandmarkData,
+        split: data.TrainValRows,
+        device: torch.device,
+    ) -> None:
+        self.data_cfg, self.dataset, self.split, self.device = data_cfg, dataset, split, device
+        self.caches: dict[int, ActivationCache] = {}
+        if cfg.arch in models.efficientnet_lite.VARIANTS:
+            model = self.new_model(cfg, dataset.num_classes)
+            lowest = len(model.stages()) - _trainable(cfg)
+            self.caches[lowest] = cache_views(
+                model, dataset, split.train, split.val, lowest, train_cfg.augment, cfg.views,
+                data_cfg.seed, device,
+            )  # fmt: skip
+
+    def new_model(self, cfg: TransferConfig, num_classes: int) -> nn.Module:
+        training.seed_everything(self.data_cfg.seed)
         kwargs = {"dropout": cfg.dropout, "head_size": cfg.head_size}
         if cfg.arch not in models.efficientnet_lite.VARIANTS:
             kwargs["weights"] = cfg.weights or None
-        return models.build_model(cfg.arch, dataset.num_classes, **kwargs)
+        return models.build_model(cfg.arch, num_classes, **kwargs)
 
-    def trainable(cfg: TransferConfig) -> int:
-        return 0 if cfg.mode == "frozen" else cfg.trainable_blocks
+    def cache_at(self, start: int, model: nn.Module) -> ActivationCache:
+        if start not in self.caches:
+            self.caches[start] = advance(self.caches[min(self.caches)], model, start, self.device)
+        return self.caches[start]
 
-    if cfg.arch in models.efficientnet_lite.VARIANTS:
-        model = new_model(cfg)
-        lowest = len(model.stages()) - trainable(cfg)
-        caches[lowest] = cache_views(
-            model, dataset, split.train, split.val, lowest, train_cfg.augment, cfg.views,
-            data_cfg.seed, device,
-        )  # fmt: skip
-
-    def build(cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
-        model = new_model(cfg)
+    def __call__(self, cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
+        model = self.new_model(cfg, self.dataset.num_classes)
         if isinstance(model, models.TorchvisionClassifier):
-            models.freeze(model, trainable(cfg))
-            loaders = data.image_loaders(
-                model.preprocessing, dataset, split, train_cfg, data_cfg.seed
-            )
-            return model, model, *loaders
-        start = len(model.stages()) - trainable(cfg)
-        if start not in caches:
-            caches[start] = advance(caches[min(caches)], model, start, device)
-        models.freeze(model, trainable(cfg))
-        return (
-            model,
-            Suffix(model, start),
-            *caches[start].loaders(train_cfg.batch_size, data_cfg.seed),
-        )
+            models.freeze(model, _trainable(cfg))
+            pre, seed = model.preprocessing, self.data_cfg.seed
+            return model, model, *data.image_loaders(pre, self.dataset, self.split, train_cfg, seed)
+        start = len(model.stages()) - _trainable(cfg)
+        cache = self.cache_at(start, model)
+        models.freeze(model, _trainable(cfg))
+        return model, Suffix(model, start), *cache.loaders(train_cfg.batch_size, self.data_cfg.seed)
 
-    return build
+    def open_set(
+        self, cfg: TransferConfig, train_cfg: TrainConfig, rotations: list[np.ndarray]
+    ) -> list[openset.RotationResult]:
+        """For each set of held-out classes, the proxy (this configuration trained on the
+        cached activations without those classes) scores the known classes' validation
+        photos and every photo of the held-out classes."""
+        results = []
+        for r, held_out in enumerate(rotations):
+            model = self.new_model(cfg, self.dataset.num_classes - len(held_out))
+            start = len(model.stages()) - _trainable(cfg)
+            proxy_cache, unknown = self.cache_at(start, model).without(held_out)
+            models.freeze(model, _trainable(cfg))
+            net = Suffix(model, start)
+            loaders = proxy_cache.loaders(
+                train_cfg.batch_size, data.derive_seed(self.data_cfg.seed, r)
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                proxy_cfg = dataclasses.replace(train_cfg, resume="")
+                training.fit(net, *loaders, proxy_cfg, self.data_cfg.seed, Path(tmp), self.device)
+            results.append(_proxy_scores(net, proxy_cache, unknown, held_out, self.device))
+        return results
+
+
+def _trainable(cfg: TransferConfig) -> int:
+    return 0 if cfg.mode == "frozen" else cfg.trainable_blocks
+
+
+@torch.inference_mode()
+def _embed(net: Suffix, x: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and pooled features of activations `x`, in chunks."""
+    net = net.to(device).eval()
+    logits, features = [], []
+    for chunk in x.split(256):
+        f = net.features(chunk.to(device))
+        features.append(f.cpu())
+        logits.append(net.classifier(f).cpu())
+    return torch.cat(logits).numpy(), torch.cat(features).numpy()
+
+
+def _proxy_scores(net, cache, unknown, held_out, device) -> openset.RotationResult:
+    train_logits, train_features = _embed(net, cache.train[0], device)  # centre views
+    val_logits, val_features = _embed(net, cache.val, device)
+    unknown_logits, unknown_features = _embed(net, unknown, device)
+    stats = openset.fit_feature_stats(train_features, cache.train_labels, 4096, 0)
+    temperature = evaluation.fit_temperature(val_logits, cache.val_labels)
+    return openset.RotationResult(
+        held_out=[int(c) for c in held_out],
+        known=openset.known_scores(val_logits, val_features, stats, temperature),
+        unknown=openset.known_scores(unknown_logits, unknown_features, stats, temperature),
+        known_correct=val_logits.argmax(1) == cache.val_labels,
+    )

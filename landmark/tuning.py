@@ -95,14 +95,17 @@ def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(backend)
 
 
+# The choices of `TuneConfig.pruner` (a test checks they agree), given the trials' epochs.
+PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(1, max_resource=epochs),
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+
+
 def pruner_for(cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    """The pruner `cfg.pruner` names (the config allows only these)."""
-    pruners: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(1, max_resource=cfg.trial_epochs),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-        "none": optuna.pruners.NopPruner,
-    }
-    return pruners[cfg.pruner]()
+    """The pruner `cfg.pruner` names."""
+    return PRUNERS[cfg.pruner](cfg.trial_epochs)
 
 
 def tune(
@@ -149,14 +152,10 @@ def tune(
     return study
 
 
-# build(model_cfg, train_cfg) -> (model, trained module, train loader, val loader)
-Builder = Callable[[Any, TrainConfig], tuple]
-
-
 def tune_configs(
     study_name: str,
     space: SearchSpace,
-    build: Builder,
+    build: training.Builder,
     configs: tuple[Any, TrainConfig],
     cfg: TuneConfig,
     seed: int,

@@ -178,9 +178,17 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def train_tiny_champion(tmp: Path) -> str:
     """A `landmark-classifier` champion trained on a tiny colour data set in `tmp`; returns its
-    tracking URI (sqlite, artifacts in `tmp/mlruns`). For app and tagger tests."""
+    tracking URI (sqlite, artifacts in `tmp/mlruns`). For app and tagger tests. No open-set
+    evaluation: with 3 classes it would leave a proxy of 2 and a write threshold near 1, and
+    these tests are about what is shown and written, not where the threshold lies."""
     from landmark import steps
-    from landmark.config import PromoteConfig, ScratchConfig, ScratchTrainConfig, TuneConfig
+    from landmark.config import (
+        OpenSetConfig,
+        PromoteConfig,
+        ScratchConfig,
+        ScratchTrainConfig,
+        TuneConfig,
+    )
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
@@ -193,6 +201,7 @@ def train_tiny_champion(tmp: Path) -> str:
             ScratchConfig(image_size=48, width=8, depth=2, blocks=1),
             ScratchTrainConfig(epochs=8, batch_size=8, num_workers=0),
             TuneConfig(n_trials=0),
+            OpenSetConfig(held_out=0),
         )
         steps.promote(PromoteConfig())
     return uri

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from landmark import cli, models
+from landmark import cli, models, training, tuning
 from landmark.config import (
     ENTRY_POINTS,
     SCRATCH_ARCH,
     TRANSFER_ARCHS,
+    TRANSFER_STAGES,
     DataConfig,
+    PromoteConfig,
     ScratchConfig,
     TagConfig,
     TrainConfig,
@@ -36,6 +38,8 @@ TYPOS = [
     (TransferConfig, "arch", SCRATCH_ARCH, "efficientnet_lite0"),  # not a transfer model
     (ScratchConfig, "norm", "layer", "batch, group, none"),
     (TuneConfig, "pruner", "asha", "hyperband, median, none"),
+    (TransferConfig, "weights", "IMAGENET", "empty, DEFAULT or IMAGENET1K_V<n>"),
+    (PromoteConfig, "metric", "test/top-1", "test/top1, test/top3"),
 ]
 
 
@@ -76,13 +80,31 @@ def test_defaults_and_the_edges_of_ranges_are_accepted():
         dataclasses.replace(TrainConfig(), augment=-0.1)  # replace checks too
 
 
-def test_every_allowed_architecture_builds_and_no_other():
-    assert set(models.ARCHITECTURES) == {SCRATCH_ARCH, *TRANSFER_ARCHS}
+def choices(cls: type, name: str) -> set[str]:
+    return set(cls.__dataclass_fields__[name].metadata["choices"])
+
+
+@pytest.mark.parametrize("arch", TRANSFER_ARCHS)
+def test_every_allowed_transfer_architecture_builds_with_the_stages_the_config_counts(arch):
+    offline = {"pretrained": False} if arch.startswith("efficientnet_lite") else {"weights": None}
+    model = models.build_model(arch, 3, dropout=0.2, head_size=0, **offline)
+    assert len(model.stages()) == TRANSFER_STAGES[arch]
+    TransferConfig(arch=arch, trainable_blocks=TRANSFER_STAGES[arch])  # all of them: allowed
+    with pytest.raises(ValueError, match=f"more than the {TRANSFER_STAGES[arch]} stages"):
+        TransferConfig(arch=arch, trainable_blocks=TRANSFER_STAGES[arch] + 1)
+
+
+def test_the_code_offers_exactly_the_choices_the_configs_allow():
+    assert set(models.ARCHITECTURES) == {SCRATCH_ARCH} | choices(TransferConfig, "arch")
+    assert set(models.NORMS) == choices(ScratchConfig, "norm")
+    assert set(training.OPTIMIZERS) == choices(TrainConfig, "optimizer")
+    assert set(training.SCHEDULES) == choices(TrainConfig, "schedule")
+    assert set(tuning.PRUNERS) == choices(TuneConfig, "pruner")
 
 
 @pytest.mark.parametrize(("cls", "name", "typo", "valid"), TYPOS)
 def test_the_entry_point_parser_refuses_the_typo(cls, name, typo, valid, capsys):
-    entry = "train_scratch" if cls is ScratchConfig else "train_transfer"
+    entry = {ScratchConfig: "train_scratch", PromoteConfig: "promote"}.get(cls, "train_transfer")
     with pytest.raises(SystemExit) as stop:
         cli.parse_entry_point(entry, [f"--{name.replace('_', '-')}", typo])
     assert stop.value.code == 2

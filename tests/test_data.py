@@ -143,7 +143,7 @@ def test_loaders_give_uint8_batches(data_cfg):
     image, label = train[0]
     assert image.shape == (3, 56, 56) and image.dtype == torch.uint8
     assert label == int(loaded.train.labels[0])
-    loader = data.make_loader(train, batch_size=4, seed=1, shuffle=True, augment=0.7)
+    loader = data.make_loader(train, batch_size=4, seed=1, shuffle=True, augment=0.7, num_workers=2)
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 56, 56) and images.dtype == torch.uint8
     assert labels.shape == (4,)

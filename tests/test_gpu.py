@@ -3,6 +3,10 @@ exported model, loaded on the CPU, answers every test photo like the GPU evaluat
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -40,8 +44,17 @@ def test_trained_on_cuda_the_exported_model_answers_alike_on_the_cpu(
 ):
     result = train(kind, data_cfg)
     path, _ = tracking.fetch_model(result.model_uri, tmp_path / "model")
-    module, metadata = load_torchscript(path)  # map_location="cpu"
-    assert all(p.device.type == "cpu" for p in module.parameters())
+    # Saved for the CPU: it loads, without a map_location, where no GPU is visible.
+    probe = (
+        "import sys, torch; m = torch.jit.load(sys.argv[1]);"
+        " print(m(torch.zeros(3, 64, 64, dtype=torch.uint8)).shape)"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, metadata = load_torchscript(path)
     assert metadata == result.metadata
     test = data.load_data(data_cfg).test
     photos = torch.from_numpy(np.array(test.images)).permute(0, 3, 1, 2)  # what evaluation saw

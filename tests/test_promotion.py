@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import build_model, photo_bytes
 from mlflow.tracking import MlflowClient
@@ -18,6 +19,35 @@ def version(number: int, top1: float | None, data: str = "a", *aliases: str) -> 
     if top1 is not None:
         tags["test/top1"] = str(top1)
     return {"version": str(number), "tags": tags, "aliases": list(aliases), "run_id": "r"}
+
+
+def with_open_set(v: dict, false_accept: float | None) -> dict:
+    if false_accept is not None:
+        v["tags"]["open_set/false_accept"] = str(false_accept)
+    return v
+
+
+@pytest.mark.parametrize(
+    ("champion_fa", "candidate_fa", "promoted", "words"),
+    [
+        (0.02, 0.035, True, "beats champion"),  # 1.5 points worse: within the 2
+        (0.02, 0.05, False, "lets 5.0% of unknown landmarks through, champion version 1 2.0%"),
+        (0.02, None, False, "has no open-set figures while champion version 1 lets 2.0%"),
+        (None, None, True, "beats champion"),  # nothing to compare (older versions)
+        (None, 0.3, True, "beats champion"),
+    ],
+)
+def test_a_version_that_lets_more_unknown_landmarks_through_is_not_promoted(
+    champion_fa, candidate_fa, promoted, words
+):
+    versions = [
+        with_open_set(version(1, 0.8, "a", "champion"), champion_fa),
+        with_open_set(version(2, 0.9), candidate_fa),
+    ]
+    decision = promotion.decide(versions, "test/top1", open_set_tolerance=0.02)
+    assert decision.promote is promoted and words in decision.reason
+    forced = promotion.decide(versions, "test/top1", version="2", force=True)
+    assert forced.promote  # force overrides
 
 
 def test_first_champion_is_the_best_version():

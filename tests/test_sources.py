@@ -7,7 +7,6 @@ import http.server
 import threading
 import zipfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ class Server:
     def __init__(self, root: Path):
         self.root, self.requests = root, []
         self.failures = 0  # answers 503 to this many requests under /flaky/
+        self.short_answers = 0  # then cuts this many answers short
         owner = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
@@ -44,6 +44,9 @@ class Server:
                     owner.failures -= 1
                     self.send_error(503, "busy, try again")
                     return
+                if self.path.startswith("/flaky/") and owner.short_answers > 0:
+                    owner.short_answers -= 1
+                    self.path = "/short" + self.path.removeprefix("/flaky")
                 if self.path.startswith("/flaky/"):
                     self.path = self.path.removeprefix("/flaky")
                 if self.path.startswith("/short/"):  # promise more bytes than are sent
@@ -138,8 +141,12 @@ def test_url_is_downloaded_verified_and_reused(photos, server, tmp_path):
     assert leftovers(cache / "downloads") == ["landmark_images.zip"]
 
 
-def test_transient_failures_are_retried(photos, server, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "http_session", partial(sources.http_session, backoff=0.01))
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(sources, "RETRY_WAIT", 0.01)
+
+
+def test_transient_failures_are_retried(photos, server, tmp_path):
     make_zip(photos, server.root / "data.zip")
     server.failures = 2
     root = fetch(f"{server.url}/flaky/data.zip", tmp_path / "cache")
@@ -147,10 +154,17 @@ def test_transient_failures_are_retried(photos, server, tmp_path, monkeypatch):
     assert server.requests == ["/flaky/data.zip"] * 3  # two 503s, then the file
 
 
-def test_a_server_that_stays_down_is_named_after_the_retries(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "http_session", partial(sources.http_session, backoff=0.01))
+def test_a_body_cut_short_is_downloaded_again(photos, server, tmp_path):
+    make_zip(photos, server.root / "data.zip")
+    server.short_answers = 1
+    root = fetch(f"{server.url}/flaky/data.zip", tmp_path / "cache")
+    assert (root / "train" / "A" / "1.jpg").is_file()
+    assert server.requests == ["/flaky/data.zip"] * 2  # cut short once, then whole
+
+
+def test_a_server_that_stays_down_is_named_after_the_retries(server, tmp_path):
     server.failures = 100
-    with pytest.raises(DataSourceError, match="cannot download .*flaky/data.zip.*503"):
+    with pytest.raises(DataSourceError, match="cannot download .*flaky/data.zip: HTTP 503"):
         fetch(f"{server.url}/flaky/data.zip", tmp_path / "cache")
     assert len(server.requests) == 1 + sources.RETRIES
     assert leftovers(tmp_path / "cache" / "downloads") == []
@@ -161,6 +175,7 @@ def test_interrupted_download_leaves_nothing(photos, server, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(DataSourceError, match="stopped after"):
         fetch(f"{server.url}/short/data.zip", cache)
+    assert len(server.requests) == 1 + sources.RETRIES  # retried, then given up
     assert leftovers(cache / "downloads") == []
 
 

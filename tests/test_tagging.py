@@ -259,3 +259,23 @@ def test_landmark_tag_from_the_command_line(champion, tmp_path):
     assert (
         refused.returncode == 2 and "TagConfig.threshold: 2.0 must be in [0, 1]" in refused.stderr
     )
+
+
+def test_nothing_below_the_write_threshold_is_written(champion, tmp_path):
+    """The model's own write threshold decides, and `--threshold` overrides it both ways."""
+    path, _ = tracking.fetch_model(champion, tmp_path / "model")
+    predictor = Predictor.load(path)
+    for name, threshold in (("own", None), ("none", 0.0), ("all", 1.0)):
+        photos = library(tmp_path / name)
+        cfg = tag_config(champion, tmp_path / f"{name}.jsonl", threshold=threshold)
+        tagging.tag([photos], cfg)
+        scored = [r for r in rows_by_name(cfg.report).values() if "probability" in r]
+        assert len(scored) == 3
+        for row in scored:
+            (exact,) = predictor.predict([Path(row["path"]).read_bytes()])
+            limit = predictor.threshold if threshold is None else threshold
+            written = exact["probability"] >= limit
+            assert row["status"] == ("tagged" if written else "unsure"), (name, row)
+            assert Path(row["path"] + ".xmp").is_file() == written
+        if threshold == 0.0:
+            assert all(r["status"] == "tagged" for r in scored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,7 +20,7 @@ from landmark.config import (
     TransferConfig,
     TuneConfig,
 )
-from landmark.runtime.predictor import Predictor
+from landmark.runtime.predictor import Predictor, load_torchscript
 
 FAST = {"epochs": 2, "batch_size": 8, "num_workers": 0}
 NO_TUNING = TuneConfig(n_trials=0)
@@ -133,3 +134,36 @@ def test_the_device_reaches_every_step(data_cfg, tracking_uri, monkeypatch):
     )
     assert set(seen) == {"cache_activations", "advance", "fit", "predict"}
     assert all(devices == {device} for devices in seen.values()), seen
+
+
+def test_each_run_measures_the_open_set_and_sets_the_write_threshold_from_it(runs):
+    """Tiny data: 3 classes, so each of the 3 rotations holds out 1 class."""
+    by_step, transfer, scratch, client = runs
+    for step, result in (("train_transfer", transfer), ("train_scratch", scratch)):
+        run = by_step[step]
+        open_set = result.metadata.open_set
+        assert open_set["score"] == "max_prob"
+        assert run.data.metrics["open_set/auroc"] == pytest.approx(open_set["auroc"])
+        for score in ("max_prob", "energy", "knn1", "mahalanobis"):
+            assert f"open_set/{score}/auroc" in run.data.metrics, score
+        assert result.metadata.threshold >= result.metadata.show_threshold
+        summary = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/open_set/summary.json")
+        assert len(summary["held_out"]) == 3 and all(len(h) == 1 for h in summary["held_out"])
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/open_set_scores.png", "plots/precision_coverage.png"} <= plots
+        version = client.get_model_version(REGISTERED_MODEL, result.version)
+        assert float(version.tags["open_set/false_accept"]) == pytest.approx(
+            open_set["false_accept"]
+        )
+
+
+def test_the_exported_model_reproduces_the_evaluations_probabilities(runs, data_cfg, tmp_path):
+    _, transfer, scratch, _ = runs
+    test = data.load_data(data_cfg).test
+    photos = torch.from_numpy(np.array(test.images)).permute(0, 3, 1, 2)  # what evaluation saw
+    for result in (transfer, scratch):
+        path, _ = tracking.fetch_model(result.model_uri, tmp_path / result.version)
+        module, _ = load_torchscript(path)
+        with torch.inference_mode():
+            exported = module(photos.contiguous()).numpy()
+        np.testing.assert_allclose(exported, result.test_probs, atol=1e-4)

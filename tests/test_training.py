@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -151,3 +152,15 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do():
     assert training.resolve_device("auto") == CPU
     with pytest.raises(ValueError, match="no CUDA GPU; use device=auto or cpu"):
         training.resolve_device("cuda")
+
+
+def test_checkpoints_written_before_the_contract_still_load(tmp_path):
+    """Their metadata was a plain dict (or {} when fit was given none)."""
+    from pathlib import Path
+
+    v1 = json.loads((Path(__file__).parent / "fixtures" / "metadata_v1.json").read_text())
+    for name, metadata in (("old.pt", v1), ("none.pt", {})):
+        torch.save({"model": {}, "metadata": metadata}, tmp_path / name)
+    loaded = training.load_checkpoint(tmp_path / "old.pt")["metadata"]
+    assert isinstance(loaded, ModelMetadata) and loaded.class_folders == tuple(v1["class_folders"])
+    assert training.load_checkpoint(tmp_path / "none.pt")["metadata"] is None

@@ -2,7 +2,8 @@
 
 A small FastAPI server with one self-contained page (no fonts, scripts or analytics from
 outside: it works offline). Photos are classified by a local model (a registry URI or a
-TorchScript file, through `serving.Predictor`) or by a running `/invocations` endpoint.
+TorchScript file, through `runtime.predictor.Predictor`) or by a running `/invocations`
+endpoint.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def load_classifier(model: str, endpoint: str = "") -> tuple[Classifier, dict[st
     return LocalClassifier(predictor, title), info
 
 
-def pick_examples(data_root: Path, count: int = 6, seed: int = 0) -> list[Path]:
+def pick_examples(data_root: Path, seed: int, count: int = 6) -> list[Path]:
     """One photo from each of `count` random classes of the data set's test split."""
     test = data_root / "test"
     if not test.is_dir():
@@ -147,7 +148,7 @@ def run(cfg: AppConfig) -> None:
     """Load the model, pick the examples and serve the app until interrupted."""
     classifier, info = load_classifier(cfg.model, cfg.endpoint)
     source = Path(cfg.examples or info.get("data", "") or "nowhere")
-    chosen = pick_examples(source) if source.is_dir() else []
+    chosen = pick_examples(source, cfg.seed) if source.is_dir() else []
     log.info("Model: %s; %d example photos from %s", classifier.description, len(chosen), source)
     app = create_app(classifier, chosen)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

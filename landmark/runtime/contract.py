@@ -44,9 +44,12 @@ class Preprocessing:
 class ModelMetadata:
     """Everything a copy of the model needs to explain itself and to answer like it was tested.
 
-    `threshold` is None until `train_*` chose it on validation photos (a checkpoint's copy);
-    an exported model always has one. The served probabilities are already divided by
-    `temperature` inside the model: it is recorded here to explain them.
+    `threshold` (the write threshold: it decides `known`) is None until `train_*` chose it on
+    validation photos (a checkpoint's copy); an exported model always has one.
+    `show_threshold` is the laxer one below which a guess is not worth showing. `open_set`
+    holds the held-out-classes figures the write threshold came from (empty when not
+    measured). The served probabilities are already divided by `temperature` inside the
+    model: it is recorded here to explain them.
     """
 
     arch: str
@@ -56,8 +59,10 @@ class ModelMetadata:
     locations: dict[str, Location] = field(default_factory=dict)
     data_fingerprint: str = ""
     threshold: float | None = None
+    show_threshold: float | None = None
     temperature: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
+    open_set: dict[str, float | str] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     landmark_version: str = __version__
@@ -77,11 +82,22 @@ class ModelMetadata:
         return self.locations.get(label or "")
 
     def with_evaluation(
-        self, threshold: float, temperature: float, metrics: dict[str, float]
+        self,
+        thresholds: tuple[float, float],
+        temperature: float,
+        metrics: dict[str, float],
+        open_set: dict[str, float | str],
     ) -> ModelMetadata:
-        """This metadata with what calibration and the test evaluation found."""
+        """This metadata with what calibration (write and show `thresholds`, temperature),
+        the open-set evaluation and the test evaluation found."""
+        threshold, show_threshold = thresholds
         return dataclasses.replace(
-            self, threshold=threshold, temperature=temperature, metrics=dict(metrics)
+            self,
+            threshold=threshold,
+            show_threshold=show_threshold,
+            temperature=temperature,
+            metrics=dict(metrics),
+            open_set=dict(open_set),
         )
 
     def to_json(self) -> str:
@@ -107,6 +123,8 @@ class ModelMetadata:
             locations={k: Location(**v) for k, v in (raw.get("locations") or {}).items()},
             data_fingerprint=raw.get("data_fingerprint", ""),
             threshold=raw.get("threshold"),
+            show_threshold=raw.get("show_threshold"),
+            open_set=dict(raw.get("open_set") or {}),
             # Schema 1 files from before calibration had no temperature: they used none.
             temperature=float(raw.get("temperature", 1.0)),
             metrics=dict(raw.get("metrics") or {}),

@@ -27,7 +27,7 @@ SPARK_RESULT = (
 class SparkScorer:
     """Scores all pending photos in one Spark job, then answers them in the given order."""
 
-    def __init__(self, model_uri: str, metadata: ModelMetadata, master: str = "local[2]") -> None:
+    def __init__(self, model_uri: str, metadata: ModelMetadata, master: str) -> None:
         self.model_uri, self.metadata, self.master = model_uri, metadata, master
 
     def score(
