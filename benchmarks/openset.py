@@ -72,7 +72,7 @@ def main() -> None:
     )
     results = builder.open_set(cfg, train_cfg, rotations)
     proxies = time.perf_counter()
-    summary = openset.summarise(results)
+    summary = openset.summarise(results, 0.02)
     val, test, correct = shipped_scores(builder, cfg, train_cfg, dataset, split, device)
     done = time.perf_counter()
     names = [[dataset.class_names[c] for c in r] for r in rotations]

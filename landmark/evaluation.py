@@ -8,7 +8,6 @@ the probabilities on validation data before any of this.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,29 +38,20 @@ class Calibration:
     """What the validation photos decide before the test split is seen."""
 
     temperature: float  # logits are divided by it before the softmax
-    threshold: float  # the write threshold: calibrated top probability for `known`
-    show_threshold: float  # below it the model's best guess is not worth showing
+    show_threshold: float  # calibrated top probability below which a guess is not worth showing
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities `(N, C)`, as the exported model computes them."""
         return softmax(logits / self.temperature, axis=1)
 
 
-def calibrate(
-    val_logits: np.ndarray, val_labels: np.ndarray, write_recall: float | None = None
-) -> Calibration:
-    """Fit the temperature on validation logits, then pick the thresholds on the calibrated
-    validation probabilities: `show_threshold` keeps 95 % of the correct predictions; the
-    write threshold keeps `write_recall` of the validation photos (the recall at which the
-    open-set proxies let at most the allowed share of unknown landmarks through), or is the
-    show threshold when there is no open-set evaluation."""
-    calibration = Calibration(fit_temperature(val_logits, val_labels), 0.0, 0.0)
-    probs = calibration.probabilities(val_logits)
-    show = unknown_threshold(probs, val_labels)
-    write = show
-    if write_recall is not None:
-        write = max(show, float(np.quantile(probs.max(axis=1), 1.0 - write_recall, method="lower")))
-    return dataclasses.replace(calibration, threshold=write, show_threshold=show)
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> Calibration:
+    """Fit the temperature on validation logits, then the show threshold (95 % of the correct
+    predictions above it) on the calibrated validation probabilities. The write threshold
+    comes from the open-set evaluation (`openset.write_threshold`)."""
+    temperature = fit_temperature(val_logits, val_labels)
+    probs = softmax(val_logits / temperature, axis=1)
+    return Calibration(temperature, unknown_threshold(probs, val_labels))
 
 
 def evaluate(

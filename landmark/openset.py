@@ -3,13 +3,17 @@
 The protocol holds out whole classes (seeded rotations), trains a proxy model without them,
 and scores the proxy's validation photos: the known classes' validation photos should score
 high, the held-out classes' photos low. Every score here is a "known-ness": higher means more
-likely a landmark the model knows. Pure NumPy and scikit-learn; the proxies are trained
-by `transfer.Builder.open_set` (trainable stages on cached activations, held-out classes never
-seen) or here by `frozen_feature_proxies` (a linear head on a trained model's features).
+likely a landmark the model knows. The scores are NumPy and scikit-learn; `measure` logs
+their figures to MLflow. The proxies are trained by `transfer.Builder.open_set` (trainable
+stages on cached activations, held-out classes never seen) or here by
+`frozen_feature_proxies` (a linear head on a trained model's features).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,13 +22,16 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from landmark import data, plots, tracking, training
+from landmark.config import OpenSetConfig
 from landmark.evaluation import fit_temperature
 
-# Scores compared on every run, by name; "max_prob" (calibrated) is what models used so far,
-# and what the exported model computes (the one the write threshold is set on).
+# Scores compared on every run, by name; "max_prob" (calibrated) is what models used so far.
 SCORES = ("max_prob", "max_logit", "energy", "prototype", "knn1", "knn10", "mahalanobis")
-SHIPPED_SCORE = "max_prob"
-MAX_FALSE_ACCEPT = 0.02  # the write threshold lets at most this share of unknowns through
+# The ones an exported model computes (`export.ExportedClassifier.answer`); the better of them
+# on the proxies is shipped, and the write threshold is set on it.
+SHIPPABLE = ("max_prob", "prototype")
+log = logging.getLogger(__name__)  # the write threshold lets at most this share of unknowns through
 
 
 def holdout_rotations(
@@ -180,7 +187,7 @@ def _logits(head: LogisticRegression, features: np.ndarray) -> np.ndarray:
 
 
 def summarise(
-    rotations: list[RotationResult], max_false_accept: float = MAX_FALSE_ACCEPT
+    rotations: list[RotationResult], max_false_accept: float
 ) -> dict[str, dict[str, float]]:
     """Per score: mean AUROC, and the known-photo recall at which the held-out photos' false
     accepts stay at `max_false_accept` (the form that carries over to the shipped model),
@@ -216,9 +223,82 @@ def rotations_for(num_classes: int, held_out: int, rotations: int, seed: int) ->
     return holdout_rotations(num_classes, held_out, rotations, seed)
 
 
-def best_score(summary: dict[str, dict[str, float]]) -> str:
+def best_score(summary: dict[str, dict[str, float]], among: tuple[str, ...] = SCORES) -> str:
     """The score with the highest known-photo recall at the false-accept limit (AUROC breaks
     ties): what the write threshold protects."""
-    return max(
-        summary, key=lambda s: (summary[s]["recall_at_max_false_accept"], summary[s]["auroc"])
+    return max(among, key=lambda s: (summary[s]["recall_at_max_false_accept"], summary[s]["auroc"]))
+
+
+def class_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Unit-length class means `(C, F)` of training photos' pooled features."""
+    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+    return _normalise(means)
+
+
+def prototype_similarity(features: np.ndarray, unit_prototypes: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each photo's features to the nearest class prototype `(N,)`."""
+    return (_normalise(features) @ unit_prototypes.T).max(axis=1)
+
+
+def write_threshold(known: np.ndarray, recall: float) -> float:
+    """The shipped model's write threshold: the score that keeps `recall` of its own
+    validation photos (the recall the proxies allowed at the false-accept limit)."""
+    return threshold_for_recall(known, recall)
+
+
+def measure_on_features(model, dataset, split, rotations, device, cfg: OpenSetConfig) -> dict:
+    """`measure` with proxies that are linear heads on the trained model's frozen pooled
+    features (the CNN from scratch, torchvision backbones)."""
+
+    def proxies() -> list[RotationResult]:
+        if not rotations:
+            return []
+        features = {}
+        for name, rows in (("train", split.train), ("val", split.val)):
+            loader = data.eval_loader(model.preprocessing, dataset.train, rows)
+            x, y = training.extract_features(model, loader, device)
+            features[name] = (x.numpy(), y.numpy())
+        return frozen_feature_proxies(*features["train"], *features["val"], rotations)
+
+    return measure(proxies, cfg)
+
+
+def measure(proxies: Callable[[], list], cfg: OpenSetConfig) -> dict[str, float | str]:
+    """Run the proxies, log every score's figures and the plots to the active MLflow run, and
+    return the figures of the score to ship (the better of `SHIPPABLE`; empty without
+    rotations) for the model file and the registry."""
+    start = time.perf_counter()
+    rotations = proxies()
+    if not rotations:
+        log.info("No open-set evaluation (held_out=0 or too few classes)")
+        return {}
+    summary = summarise(rotations, cfg.max_false_accept)
+    seconds = time.perf_counter() - start
+    tracking.log_metrics(
+        {f"open_set/{score}/{k}": v for score, row in summary.items() for k, v in row.items()}
     )
+    tracking.log_dict(
+        {"held_out": [r.held_out for r in rotations], "scores": summary}, "open_set/summary.json"
+    )
+    score = best_score(summary, among=SHIPPABLE)
+    row = summary[score]
+    known = np.concatenate([r.known[score] for r in rotations])
+    unknown = np.concatenate([r.unknown[score] for r in rotations])
+    correct = np.concatenate([r.known_correct for r in rotations])
+    threshold = threshold_for_recall(known, row["recall_at_max_false_accept"])
+    tracking.log_figure(
+        plots.open_set_scores(known, unknown, score, threshold), "plots/open_set_scores.png"
+    )
+    tracking.log_figure(
+        plots.precision_coverage(known, correct, unknown, score), "plots/precision_coverage.png"
+    )
+    figures = {
+        "auroc": row["auroc"],
+        "false_accept": row["carried_false_accept_mean"],
+        "known_recall": row["recall_at_max_false_accept"],
+        "max_false_accept": cfg.max_false_accept,
+        "seconds": seconds,
+    }
+    tracking.log_metrics({f"open_set/{k}": v for k, v in figures.items()})
+    log.info("Open set (%s, %d rotations): %s", score, len(rotations), figures)
+    return {"score": score, **figures}

@@ -9,8 +9,6 @@ import csv
 import io
 import logging
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +99,15 @@ def train_transfer(
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, cfg.arch, train_cfg)
         _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
-        rotations = _rotations(open_cfg, dataset, data_cfg.seed)
+        rotations = openset.rotations_for(
+            dataset.num_classes, open_cfg.held_out, open_cfg.rotations, data_cfg.seed
+        )
         if build.caches:  # EfficientNet-Lite: proxies train stages without the held-out classes
-            open_set = _open_set(lambda: build.open_set(cfg, train_cfg, rotations), open_cfg)
+            open_set = openset.measure(lambda: build.open_set(cfg, train_cfg, rotations), open_cfg)
         else:  # torchvision backbones: proxies on the trained model's features
-            open_set = _open_set_on_features(model, dataset, split, rotations, device, open_cfg)
+            open_set = openset.measure_on_features(
+                model, dataset, split, rotations, device, open_cfg
+            )
         return _finish(model, metadata, dataset, split, device, open_set)
 
 
@@ -130,8 +132,10 @@ def train_scratch(
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, SCRATCH_ARCH, train_cfg)
         _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
-        rotations = _rotations(open_cfg, dataset, data_cfg.seed)
-        open_set = _open_set_on_features(model, dataset, split, rotations, device, open_cfg)
+        rotations = openset.rotations_for(
+            dataset.num_classes, open_cfg.held_out, open_cfg.rotations, data_cfg.seed
+        )
+        open_set = openset.measure_on_features(model, dataset, split, rotations, device, open_cfg)
         return _finish(model, metadata, dataset, split, device, open_set)
 
 
@@ -143,6 +147,7 @@ class TrainResult:
     version: str
     metadata: ModelMetadata  # as written into the exported model
     test_probs: np.ndarray  # (N, C) calibrated test probabilities, as computed on `device`
+    test_known: np.ndarray  # (N,) the shipped known-ness score of the test photos
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -219,102 +224,69 @@ def _finish(
     device: torch.device,
     open_set: dict[str, float | str],
 ) -> TrainResult:
-    """After training and the open-set evaluation: calibrate on validation (the write threshold
-    at the recall the proxies allowed), evaluate on test (once), export, register."""
-    val, test = _predict(model, dataset, split, device)
-    calibration = _calibrate(*val, open_set.get("known_recall"))
-    report = _evaluate(*test, calibration, dataset)
-    thresholds = calibration.threshold, calibration.show_threshold
+    """After training and the open-set evaluation: calibrate on validation, set the write
+    threshold on the shipped score at the recall the proxies allowed, evaluate on test (once),
+    export, register."""
+    photos = _predict(model, dataset, split, device)
+    calibration = _calibrate(photos["val"][0], photos["val"][2])
+    known, prototypes = _known_ness(photos, calibration, open_set, dataset.num_classes)
+    threshold = _write_threshold(known["val"], calibration, open_set)
+    report = _evaluate(photos["test"][0], photos["test"][2], calibration, dataset)
     metadata = metadata.with_evaluation(
-        thresholds, calibration.temperature, report.metrics, open_set
+        (threshold, calibration.show_threshold), calibration.temperature, report.metrics, open_set
     )
-    model_uri = _export(model.cpu(), metadata, dataset.root / dataset.test.paths[0])
+    model_uri = _export(model.cpu(), metadata, dataset.root / dataset.test.paths[0], prototypes)
     version = _register(model_uri, metadata)
-    return TrainResult(model_uri, version, metadata, calibration.probabilities(test[0]))
+    test_probs = calibration.probabilities(photos["test"][0])
+    return TrainResult(model_uri, version, metadata, test_probs, known["test"])
 
 
-def _predict(model, dataset, split, device) -> tuple[tuple, tuple]:
-    """(logits, labels) of the validation and the test photos, on `device` in full fp32."""
+def _predict(model, dataset, split, device) -> dict[str, tuple[np.ndarray, ...]]:
+    """(logits, pooled features, labels) of the training, validation and test photos, on
+    `device` in full fp32."""
     inference = models.fuse_for_inference(model).to(memory_format=torch.channels_last)
-    with training.full_precision():
-        out = []
-        for images, rows in ((dataset.train, split.val), (dataset.test, None)):
+    photos = {}
+    with training.full_precision(), torch.inference_mode():
+        parts = (("train", dataset.train, split.train), ("val", dataset.train, split.val))
+        for name, images, rows in (*parts, ("test", dataset.test, None)):
             loader = data.eval_loader(model.preprocessing, images, rows)
-            logits, labels = training.predict(inference, loader, device)
-            out.append((logits.numpy(), labels.numpy()))
-    return out[0], out[1]
+            features, labels = training.extract_features(inference, loader, device)
+            logits = inference.forward_head(features.to(device)).float().cpu()
+            photos[name] = (logits.numpy(), features.numpy(), labels.numpy())
+    return photos
 
 
-def _calibrate(val_logits, val_labels, write_recall: float | None) -> evaluation.Calibration:
-    calibration = evaluation.calibrate(val_logits, val_labels, write_recall)
+def _calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> evaluation.Calibration:
+    calibration = evaluation.calibrate(val_logits, val_labels)
     tracking.log_metrics(
-        {
-            "unknown_threshold": calibration.threshold,
-            "show_threshold": calibration.show_threshold,
-            "temperature": calibration.temperature,
-        }
+        {"show_threshold": calibration.show_threshold, "temperature": calibration.temperature}
     )
     return calibration
 
 
-def _rotations(cfg: OpenSetConfig, dataset: data.LandmarkData, seed: int) -> list[np.ndarray]:
-    return openset.rotations_for(dataset.num_classes, cfg.held_out, cfg.rotations, seed)
+def _known_ness(photos, calibration, open_set, num_classes) -> tuple[dict, np.ndarray | None]:
+    """The shipped score of the validation and test photos, and the class prototypes when
+    that score is the prototype similarity (they go into the model file)."""
+    if open_set.get("score") == "prototype":
+        logits, features, labels = photos["train"]
+        unit = openset.class_prototypes(features, labels, num_classes)
+        known = {k: openset.prototype_similarity(photos[k][1], unit) for k in ("val", "test")}
+        return known, torch.from_numpy(unit)
+    known = {k: calibration.probabilities(photos[k][0]).max(axis=1) for k in ("val", "test")}
+    return known, None
 
 
-def _open_set_on_features(model, dataset, split, rotations, device, cfg: OpenSetConfig) -> dict:
-    """Proxies that are linear heads on the trained model's frozen pooled features."""
-
-    def proxies() -> list[openset.RotationResult]:
-        if not rotations:
-            return []
-        features = {}
-        for name, rows in (("train", split.train), ("val", split.val)):
-            loader = data.eval_loader(model.preprocessing, dataset.train, rows)
-            x, y = training.extract_features(model, loader, device)
-            features[name] = (x.numpy(), y.numpy())
-        return openset.frozen_feature_proxies(*features["train"], *features["val"], rotations)
-
-    return _open_set(proxies, cfg)
-
-
-def _open_set(proxies: Callable[[], list], cfg: OpenSetConfig) -> dict[str, float | str]:
-    """Run the proxies, log every score's figures and the plots; the shipped score's figures
-    (empty without rotations)."""
-    start = time.perf_counter()
-    rotations = proxies()
-    if not rotations:
-        log.info("No open-set evaluation (held_out=0 or too few classes)")
-        return {}
-    summary = openset.summarise(rotations, cfg.max_false_accept)
-    seconds = time.perf_counter() - start
-    tracking.log_metrics(
-        {f"open_set/{score}/{k}": v for score, row in summary.items() for k, v in row.items()}
-    )
-    tracking.log_dict(
-        {"held_out": [r.held_out for r in rotations], "scores": summary}, "open_set/summary.json"
-    )
-    score = openset.SHIPPED_SCORE
-    row = summary[score]
-    known = np.concatenate([r.known[score] for r in rotations])
-    unknown = np.concatenate([r.unknown[score] for r in rotations])
-    correct = np.concatenate([r.known_correct for r in rotations])
-    threshold = openset.threshold_for_recall(known, row["recall_at_max_false_accept"])
-    tracking.log_figure(
-        plots.open_set_scores(known, unknown, score, threshold), "plots/open_set_scores.png"
-    )
-    tracking.log_figure(
-        plots.precision_coverage(known, correct, unknown, score), "plots/precision_coverage.png"
-    )
-    figures = {
-        "auroc": row["auroc"],
-        "false_accept": row["carried_false_accept_mean"],
-        "known_recall": row["recall_at_max_false_accept"],
-        "max_false_accept": cfg.max_false_accept,
-        "seconds": seconds,
-    }
-    tracking.log_metrics({f"open_set/{k}": v for k, v in figures.items()})
-    log.info("Open set (%s, %d rotations): %s", score, len(rotations), figures)
-    return {"score": score, **figures}
+def _write_threshold(val_known, calibration, open_set) -> float:
+    """At the proxies' recall on the shipped score; without an open-set evaluation, the show
+    threshold (and never below it when both are top probabilities)."""
+    if "known_recall" not in open_set:
+        threshold = calibration.show_threshold
+    else:
+        threshold = openset.write_threshold(val_known, open_set["known_recall"])
+        if open_set["score"] == "max_prob":
+            threshold = max(threshold, calibration.show_threshold)
+    tracking.log_metrics({"unknown_threshold": threshold})
+    return threshold
 
 
 def _evaluate(
@@ -329,10 +301,10 @@ def _evaluate(
     return report
 
 
-def _export(model: nn.Module, metadata: ModelMetadata, example: Path) -> str:
+def _export(model: nn.Module, metadata: ModelMetadata, example: Path, prototypes) -> str:
     """The TorchScript file, logged as this run's MLflow model; its URI."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt")
+        path = export.export_torchscript(model, metadata, Path(tmp) / "model.pt", prototypes)
         return tracking.log_model(path, metadata, example.read_bytes())
 
 

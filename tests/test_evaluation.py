@@ -38,7 +38,8 @@ def test_top_k_accuracy_counts_the_rank_of_the_true_class():
 
 
 def test_calibrate_then_evaluate_answer_like_the_exported_model():
-    """The threshold is chosen on calibrated probabilities; the report is of calibrated ones."""
+    """The show threshold is chosen on calibrated probabilities; the report is of calibrated
+    ones."""
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 3, size=(400, 4))
     labels = logits.argmax(1)  # a model that is always right, so it is underconfident
@@ -46,7 +47,7 @@ def test_calibrate_then_evaluate_answer_like_the_exported_model():
     assert calibration.temperature < 1.0
     calibrated = calibration.probabilities(logits)
     expected = evaluation.unknown_threshold(calibrated, labels)
-    assert calibration.threshold == pytest.approx(expected)
+    assert calibration.show_threshold == pytest.approx(expected)
     report = evaluation.evaluate(logits, labels, calibration, list("ABCD"))
     ece, _ = evaluation.calibration_curve(calibrated, labels)
     assert report.metrics["test/ece"] == pytest.approx(ece)

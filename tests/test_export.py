@@ -18,7 +18,7 @@ from PIL import Image
 
 from landmark import export, tracking
 from landmark.runtime.contract import Location, ModelMetadata, Preprocessing
-from landmark.runtime.predictor import Predictor, load_torchscript
+from landmark.runtime.predictor import Predictor, load_torchscript, torchscript_on_purpose
 
 EIFFEL = Location("Eiffel Tower", 48.8584, 2.2945, "France")
 METADATA = ModelMetadata(
@@ -96,9 +96,11 @@ def test_predictor_answers_with_top_k_location_and_known(exported):
     assert answer["name"] == METADATA.class_names[label]
     assert predictor.threshold == 0.2  # the model's own
     # The location is the top class's, as a plain dict (JSON for the endpoint).
-    eiffel = predictor.describe(np.array([0.7, 0.2, 0.1]), 3, 0.5)
+    eiffel = predictor.describe(np.array([0.7, 0.2, 0.1]), 0.7, 3, 0.5)
     assert eiffel["location"] == dataclasses.asdict(EIFFEL) and eiffel["known"] is True
-    assert predictor.describe(np.array([0.1, 0.7, 0.2]), 3, 0.5)["location"] is None
+    assert predictor.describe(np.array([0.1, 0.7, 0.2]), 0.7, 3, 0.5)["location"] is None
+    assert eiffel["novelty"] == pytest.approx(0.3)
+    assert predictor.describe(np.array([0.7, 0.2, 0.1]), 0.4, 3, 0.5)["known"] is False
     (unsure,) = predictor.predict([jpeg], threshold=1.01)
     assert unsure["known"] is False
     assert len(predictor.predict([jpeg], top_k=50)[0]["top_k"]) == 3  # capped at the classes
@@ -174,3 +176,63 @@ def test_pyfunc_can_report_bad_rows_instead_of_failing(exported, tracking_uri):
     assert bad["error"] == "not an image file: starts with b'hello wo'"
     assert bad["label"] is None and bad["known"] is False and bad["top_k"] == []
     assert tiny["error"].startswith("too small: 8x8 px")
+
+
+def test_the_exported_model_scores_known_ness_by_its_prototypes(trained, tmp_path):
+    """With prototypes: cosine similarity of the pooled features to the nearest one; without:
+    the top probability. The predictor's `known` and `novelty` follow that score."""
+    x = torch.randint(0, 256, (4, 3, 80, 80), dtype=torch.uint8)
+    prototypes = torch.randn(3, trained.num_features)
+    path = export.export_torchscript(trained, METADATA, tmp_path / "p.pt", prototypes)
+    module, _ = load_torchscript(path)
+    probs, known = module.answer(x)
+    eager = export.ExportedClassifier(trained).eval()
+    crops = eval_crops(trained, x)
+    features = eager.model.forward_features(crops)
+    expected = (
+        torch.nn.functional.cosine_similarity(features[:, None, :], prototypes[None], dim=-1)
+        .max(dim=1)
+        .values
+    )
+    torch.testing.assert_close(known, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs, module(x))
+    plain, _ = load_torchscript(export.export_torchscript(trained, METADATA, tmp_path / "q.pt"))
+    torch.testing.assert_close(plain.answer(x)[1], plain(x).max(dim=-1).values)
+    predictor = Predictor.load(path)
+    photo = photo_bytes(size=(120, 90))
+    probs, score = predictor.scores(photo)
+    (answer,) = predictor.predict([photo], threshold=score - 1e-6)
+    assert answer["known"] is True and answer["novelty"] == pytest.approx(1 - score)
+    (answer,) = predictor.predict([photo], threshold=score + 1e-6)
+    assert answer["known"] is False and answer["probability"] == pytest.approx(probs.max())
+
+
+def eval_crops(model, x: torch.Tensor) -> torch.Tensor:
+    from landmark.preprocessing import resize_center_crop
+
+    pre = model.preprocessing
+    return resize_center_crop(x, pre.resize_size, pre.crop_size).contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_files_exported_before_answer_existed_still_answer(trained, tmp_path):
+    """Their module has only `forward` (probabilities): known-ness is the top probability."""
+
+    class Old(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.inner(images)
+
+    path = tmp_path / "old.pt"
+    with torchscript_on_purpose():
+        old = torch.jit.script(Old(export.ExportedClassifier(trained).eval()))
+        torch.jit.save(old, str(path), _extra_files={"landmark.json": METADATA.to_json()})
+    predictor = Predictor.load(path)
+    assert not hasattr(predictor.module, "answer")
+    (answer,) = predictor.predict([photo_bytes(size=(120, 90))], threshold=0.0)
+    assert answer["known"] is True
+    assert answer["novelty"] == pytest.approx(1 - answer["probability"])

@@ -85,7 +85,7 @@ def test_summary_carries_the_recall_over_between_rotations():
         )
         for r, u in enumerate((unknown_a, unknown_b))
     ]
-    row = openset.summarise(results)["max_prob"]
+    row = openset.summarise(results, 0.02)["max_prob"]
     assert row["recall_at_max_false_accept"] == pytest.approx(50 / 101)  # the worse rotation's
     # Rotation 0 at rotation 1's recall: threshold 0.5, none of 0.2, 0.3, 0.4 gets in.
     assert row["carried_false_accept_0"] == 0.0

@@ -27,7 +27,8 @@ from landmark.runtime.contract import METADATA_FILE, ModelMetadata
 DEFAULT = ServeConfig()
 # The answer for a bad photo when errors are reported (same fields as a real answer).
 NO_ANSWER = {
-    "label": None, "name": None, "probability": None, "known": False, "location": None, "top_k": []
+    "label": None, "name": None, "probability": None, "known": False, "novelty": None,
+    "location": None, "top_k": [],
 }  # fmt: skip
 
 
@@ -52,6 +53,11 @@ class Predictor:
 
     def probabilities(self, photo: bytes, row: int = 0) -> np.ndarray:
         """Class probabilities `(C,)` of one encoded photo."""
+        return self.scores(photo, row)[0]
+
+    def scores(self, photo: bytes, row: int = 0) -> tuple[np.ndarray, float]:
+        """Class probabilities `(C,)` of one encoded photo, and how known its landmark is
+        (the score `threshold` applies to: metadata `open_set["score"]`)."""
         try:
             img = images.load_rgb(photo, draft_size=self.metadata.preprocessing.resize_size)
         except images.BadImageError as e:
@@ -59,9 +65,13 @@ class Predictor:
         tensor = torch.from_numpy(np.array(central(img), dtype=np.uint8)).permute(2, 0, 1)
         return self._torch.submit(self._forward, tensor).result()
 
-    def _forward(self, tensor: torch.Tensor) -> np.ndarray:
+    def _forward(self, tensor: torch.Tensor) -> tuple[np.ndarray, float]:
         with torch.inference_mode():
-            return self.module(tensor).numpy()
+            if hasattr(self.module, "answer"):
+                probs, known = self.module.answer(tensor)
+                return probs.numpy(), float(known)
+            probs = self.module(tensor).numpy()  # files exported before `answer` existed
+            return probs, float(probs.max())
 
     def predict(
         self,
@@ -84,7 +94,7 @@ class Predictor:
         answers = []
         for row, photo in enumerate(photos):
             try:
-                answer = self.describe(self.probabilities(photo, row), top_k, threshold)
+                answer = self.describe(*self.scores(photo, row), top_k, threshold)
             except BadRequestError as e:
                 if errors == "raise":
                     raise
@@ -95,8 +105,11 @@ class Predictor:
             answers.append(answer)
         return answers
 
-    def describe(self, probs: np.ndarray, top_k: int, threshold: float) -> dict[str, Any]:
-        """The answer for class probabilities `probs` `(C,)`."""
+    def describe(
+        self, probs: np.ndarray, known: float, top_k: int, threshold: float
+    ) -> dict[str, Any]:
+        """The answer for class probabilities `probs` `(C,)` and known-ness `known`; its
+        `novelty` is 1 - known-ness (higher: less like any landmark the model knows)."""
         folders, names = self.metadata.class_folders, self.metadata.class_names
         order = np.argsort(-probs)[:top_k]
         ranked = [
@@ -108,7 +121,8 @@ class Predictor:
             "label": best["label"],
             "name": best["name"],
             "probability": best["probability"],
-            "known": best["probability"] >= threshold,
+            "known": bool(known >= threshold),
+            "novelty": 1.0 - known,
             "location": dataclasses.asdict(location) if location else None,
             "top_k": ranked,
         }
