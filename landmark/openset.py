@@ -31,13 +31,14 @@ SCORES = ("max_prob", "max_logit", "energy", "prototype", "knn1", "knn10", "maha
 # The ones an exported model computes (`export.ExportedClassifier.answer`); the better of them
 # on the proxies is shipped, and the write threshold is set on it.
 SHIPPABLE = ("max_prob", "prototype")
-log = logging.getLogger(__name__)  # the write threshold lets at most this share of unknowns through
+BANK = 4096  # training photos kept for the nearest-neighbour scores (a seeded sample)
+log = logging.getLogger(__name__)
 
 
 def holdout_rotations(
     num_classes: int, held_out: int, rotations: int, seed: int
 ) -> list[np.ndarray]:
-    """`rotations` sets of `held_out` classes, disjoint while the classes last, seeded.
+    """`rotations` disjoint sets of `held_out` classes, seeded; fewer when the classes run out.
 
     Raises:
         ValueError: too few classes to leave at least two known.
@@ -46,12 +47,12 @@ def holdout_rotations(
         raise ValueError(
             f"cannot hold out {held_out} of {num_classes} classes: at least 2 must stay known"
         )
+    rotations = min(rotations, num_classes // held_out)  # no class held out twice
     rng = np.random.default_rng(seed)
     order = rng.permutation(num_classes)
     sets = []
     for r in range(rotations):
-        chosen = np.take(order, range(r * held_out, (r + 1) * held_out), mode="wrap")
-        sets.append(np.sort(np.unique(chosen)))
+        sets.append(np.sort(order[r * held_out : (r + 1) * held_out]))
     return sets
 
 
@@ -120,6 +121,8 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
 def threshold_for_false_accepts(unknown: np.ndarray, max_false_accept: float) -> float:
     """The lowest score threshold (known = score >= it) that accepts at most
     `max_false_accept` of the `unknown` photos."""
+    if len(unknown) == 0:
+        raise ValueError("no photos of the held-out classes to measure false accepts on")
     ranked = np.sort(unknown)[::-1]
     allowed = int(np.floor(max_false_accept * len(ranked)))
     if allowed >= len(ranked):
@@ -165,7 +168,7 @@ def frozen_feature_proxies(
         renumbered = np.searchsorted(head.classes_, val_labels[known_val])
         val_logits = _logits(head, val_features[known_val])
         unknown_features = np.r_[train_features[~known_train], val_features[~known_val]]
-        stats = fit_feature_stats(train_features[known_train], train_labels[known_train], 4096, 0)
+        stats = fit_feature_stats(train_features[known_train], train_labels[known_train], BANK, 0)
         temperature = fit_temperature(val_logits, renumbered)
         results.append(
             RotationResult(
@@ -192,7 +195,8 @@ def summarise(
     """Per score: mean AUROC, and the known-photo recall at which the held-out photos' false
     accepts stay at `max_false_accept` (the form that carries over to the shipped model),
     with the false accepts that recall gives on each rotation when it is chosen on the
-    others (leave one rotation out: how well it carries over)."""
+    others (leave one rotation out: how well it carries over; a single rotation can only be
+    measured on itself, which flatters it)."""
     out = {}
     for name in SCORES:
         recalls = []
@@ -229,9 +233,10 @@ def best_score(summary: dict[str, dict[str, float]], among: tuple[str, ...] = SC
     return max(among, key=lambda s: (summary[s]["recall_at_max_false_accept"], summary[s]["auroc"]))
 
 
-def class_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Unit-length class means `(C, F)` of training photos' pooled features."""
-    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+def class_prototypes(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Unit-length class means `(K, F)` of training photos' pooled features, one per class that
+    has training photos (a class whose photos all went to validation has none)."""
+    means = np.stack([features[labels == c].mean(axis=0) for c in np.unique(labels)])
     return _normalise(means)
 
 
@@ -256,14 +261,17 @@ def measure_on_features(model, dataset, split, rotations, device, cfg: OpenSetCo
         features = {}
         for name, rows in (("train", split.train), ("val", split.val)):
             loader = data.eval_loader(model.preprocessing, dataset.train, rows)
-            x, y = training.extract_features(model, loader, device)
+            with training.full_precision():
+                x, y = training.extract_features(model, loader, device)
             features[name] = (x.numpy(), y.numpy())
         return frozen_feature_proxies(*features["train"], *features["val"], rotations)
 
-    return measure(proxies, cfg)
+    return measure(proxies, cfg, method="frozen-features")
 
 
-def measure(proxies: Callable[[], list], cfg: OpenSetConfig) -> dict[str, float | str]:
+def measure(
+    proxies: Callable[[], list], cfg: OpenSetConfig, method: str = "stages"
+) -> dict[str, float | str]:
     """Run the proxies, log every score's figures and the plots to the active MLflow run, and
     return the figures of the score to ship (the better of `SHIPPABLE`; empty without
     rotations) for the model file and the registry."""
@@ -293,12 +301,13 @@ def measure(proxies: Callable[[], list], cfg: OpenSetConfig) -> dict[str, float 
         plots.precision_coverage(known, correct, unknown, score), "plots/precision_coverage.png"
     )
     figures = {
+        "method": method,
         "auroc": row["auroc"],
         "false_accept": row["carried_false_accept_mean"],
         "known_recall": row["recall_at_max_false_accept"],
         "max_false_accept": cfg.max_false_accept,
         "seconds": seconds,
     }
-    tracking.log_metrics({f"open_set/{k}": v for k, v in figures.items()})
+    tracking.log_metrics({f"open_set/{k}": v for k, v in figures.items() if k != "method"})
     log.info("Open set (%s, %d rotations): %s", score, len(rotations), figures)
     return {"score": score, **figures}

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from landmark.config import CHAMPION, PREVIOUS
+from landmark.config import CHAMPION, PREVIOUS, PromoteConfig
 
 OPEN_SET_TAG = "open_set/false_accept"  # written by `tracking.register_model`
+METHOD_TAG = "open_set/method"  # how the proxies were trained
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ def decide(
     metric: str,
     version: str = "",
     force: bool = False,
-    open_set_tolerance: float = 0.0,
+    open_set_tolerance: float = PromoteConfig.open_set_tolerance,
 ) -> Decision:
     """The promotion that `versions` (from `tracking.model_versions`) call for.
 
@@ -92,6 +93,9 @@ def _open_set_regression(
     old, new = score(champion, OPEN_SET_TAG), score(candidate, OPEN_SET_TAG)
     if old is None:
         return ""
+    methods = (champion["tags"].get(METHOD_TAG), candidate["tags"].get(METHOD_TAG))
+    if new is not None and methods[0] != methods[1]:
+        return ""  # proxies of different kinds (e.g. frozen features: optimistic) do not compare
     if new is None:
         return f"has no open-set figures while {_describe(champion)} lets {old:.1%} through"
     if new > old + tolerance:

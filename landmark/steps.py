@@ -229,11 +229,12 @@ def _finish(
     export, register."""
     photos = _predict(model, dataset, split, device)
     calibration = _calibrate(photos["val"][0], photos["val"][2])
-    known, prototypes = _known_ness(photos, calibration, open_set, dataset.num_classes)
+    known, prototypes = _known_ness(photos, calibration, open_set)
     threshold = _write_threshold(known["val"], calibration, open_set)
     report = _evaluate(photos["test"][0], photos["test"][2], calibration, dataset)
+    metrics = {**report.metrics, **_written(known["test"], threshold, photos["test"])}
     metadata = metadata.with_evaluation(
-        (threshold, calibration.show_threshold), calibration.temperature, report.metrics, open_set
+        (threshold, calibration.show_threshold), calibration.temperature, metrics, open_set
     )
     model_uri = _export(model.cpu(), metadata, dataset.root / dataset.test.paths[0], prototypes)
     version = _register(model_uri, metadata)
@@ -264,16 +265,30 @@ def _calibrate(val_logits: np.ndarray, val_labels: np.ndarray) -> evaluation.Cal
     return calibration
 
 
-def _known_ness(photos, calibration, open_set, num_classes) -> tuple[dict, np.ndarray | None]:
+def _known_ness(photos, calibration, open_set) -> tuple[dict, torch.Tensor | None]:
     """The shipped score of the validation and test photos, and the class prototypes when
     that score is the prototype similarity (they go into the model file)."""
     if open_set.get("score") == "prototype":
         logits, features, labels = photos["train"]
-        unit = openset.class_prototypes(features, labels, num_classes)
+        unit = openset.class_prototypes(features, labels)
         known = {k: openset.prototype_similarity(photos[k][1], unit) for k in ("val", "test")}
         return known, torch.from_numpy(unit)
     known = {k: calibration.probabilities(photos[k][0]).max(axis=1) for k in ("val", "test")}
     return known, None
+
+
+def _written(test_known, threshold, test_photos) -> dict[str, float]:
+    """What the write threshold does on test: the share of photos written, and how many of
+    those have the right landmark (what a library would get)."""
+    logits, _, labels = test_photos
+    written = test_known >= threshold
+    right = logits.argmax(axis=1) == labels
+    metrics = {
+        "test/written": float(written.mean()),
+        "test/written_top1": float(right[written].mean()) if written.any() else 0.0,
+    }
+    tracking.log_metrics(metrics)
+    return metrics
 
 
 def _write_threshold(val_known, calibration, open_set) -> float:

@@ -311,7 +311,7 @@ def _proxy_scores(net, cache, unknown, held_out, device) -> openset.RotationResu
     train_logits, train_features = _embed(net, cache.train[0], device)  # centre views
     val_logits, val_features = _embed(net, cache.val, device)
     unknown_logits, unknown_features = _embed(net, unknown, device)
-    stats = openset.fit_feature_stats(train_features, cache.train_labels, 4096, 0)
+    stats = openset.fit_feature_stats(train_features, cache.train_labels, openset.BANK, 0)
     temperature = evaluation.fit_temperature(val_logits, cache.val_labels)
     return openset.RotationResult(
         held_out=[int(c) for c in held_out],

@@ -201,6 +201,11 @@ def test_the_exported_model_scores_known_ness_by_its_prototypes(trained, tmp_pat
     predictor = Predictor.load(path)
     photo = photo_bytes(size=(120, 90))
     probs, score = predictor.scores(photo)
+    rgb = torch.from_numpy(np.array(Image.open(io.BytesIO(photo)).convert("RGB"))).permute(2, 0, 1)
+    with torch.inference_mode():
+        features = eager.model.forward_features(eval_crops(trained, rgb[None]))
+    cosine = torch.nn.functional.cosine_similarity(features, prototypes, dim=-1).max()
+    assert score == pytest.approx(float(cosine), abs=1e-5)  # the photo's own prototype score
     (answer,) = predictor.predict([photo], threshold=score - 1e-6)
     assert answer["known"] is True and answer["novelty"] == pytest.approx(1 - score)
     (answer,) = predictor.predict([photo], threshold=score + 1e-6)

@@ -20,6 +20,16 @@ def test_rotations_are_seeded_disjoint_sets_of_held_out_classes():
     assert not all(np.array_equal(a, b) for a, b in zip(rotations, other, strict=True))
     with pytest.raises(ValueError, match="at least 2 must stay known"):
         openset.holdout_rotations(6, 5, 1, seed=0)
+    few = openset.holdout_rotations(4, 2, 3, seed=0)  # only two disjoint pairs exist
+    assert len(few) == 2 and len(np.unique(np.concatenate(few))) == 4
+
+
+def test_prototypes_skip_a_class_without_training_photos():
+    features = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    unit = openset.class_prototypes(features, np.array([0, 0, 2]))  # class 1 has none
+    assert unit.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    similarity = openset.prototype_similarity(np.array([[1.0, 1.0]]), unit)
+    assert np.isfinite(similarity).all() and similarity[0] == pytest.approx(np.sqrt(0.5))
 
 
 def clusters(rng, centres: np.ndarray, per_class: int, spread: float):

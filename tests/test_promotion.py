@@ -146,3 +146,13 @@ def test_promote_and_roll_back_in_a_real_registry(tracking_uri, tmp_path):
         [client.get_experiment_by_name("Default").experiment_id], "tags.`landmark.step` = 'promote'"
     )
     assert len(promote_runs) == 5 and all("promotion" in r.data.tags for r in promote_runs)
+
+
+def test_open_set_figures_of_different_proxy_kinds_are_not_compared():
+    champion = with_open_set(version(1, 0.8, "a", "champion"), 0.02)
+    candidate = with_open_set(version(2, 0.9), 0.30)
+    champion["tags"]["open_set/method"] = "stages"
+    candidate["tags"]["open_set/method"] = "stages"
+    assert not promotion.decide([champion, candidate], "test/top1").promote
+    candidate["tags"]["open_set/method"] = "frozen-features"  # optimistic: not comparable
+    assert promotion.decide([champion, candidate], "test/top1").promote

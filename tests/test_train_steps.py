@@ -169,3 +169,5 @@ def test_the_exported_model_reproduces_the_evaluations_scores(runs, data_cfg, tm
             probs, known = module.answer(photos.contiguous())
         np.testing.assert_allclose(probs.numpy(), result.test_probs, atol=1e-4)
         np.testing.assert_allclose(known.numpy(), result.test_known, atol=1e-4)
+        written = result.test_known >= result.metadata.threshold
+        assert result.metrics["test/written"] == pytest.approx(written.mean())

@@ -19,7 +19,8 @@ from landmark.runtime.contract import ModelMetadata
 # The pyfunc's answers as a Spark struct (errors="report": bad photos carry `error`).
 # MLflow cannot convert a missing (None) nested struct, so `location` is looked up afterwards.
 SPARK_RESULT = (
-    "struct<label: string, name: string, probability: double, known: boolean, error: string,"
+    "struct<label: string, name: string, probability: double, known: boolean, novelty: double,"
+    " error: string,"
     " top_k: array<struct<label: string, name: string, probability: double>>>"
 )
 
