@@ -49,7 +49,7 @@ TRAINING_SIDE = {
     "landmark.data", "landmark.sources", "landmark.preprocessing", "landmark.efficientnet_lite",
     "landmark.models", "landmark.transfer", "landmark.training", "landmark.tuning",
     "landmark.evaluation", "landmark.export", "landmark.plots", "landmark.promotion",
-    "landmark.steps",
+    "landmark.steps", "landmark.scratch", "landmark.openset",
 }  # fmt: skip
 
 
