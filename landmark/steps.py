@@ -227,7 +227,9 @@ def _finish(
     """After training and the open-set evaluation: calibrate on validation, set the write
     threshold on the shipped score at the recall the proxies allowed, evaluate on test (once),
     export, register."""
-    photos = _predict(model, dataset, split, device)
+    # The training photos are needed only for the prototypes of the prototype score.
+    with_train = open_set.get("score") == "prototype"
+    photos = _predict(model, dataset, split, device, with_train)
     calibration = _calibrate(photos["val"][0], photos["val"][2])
     known, prototypes = _known_ness(photos, calibration, open_set)
     threshold = _write_threshold(known["val"], calibration, open_set)
@@ -242,14 +244,16 @@ def _finish(
     return TrainResult(model_uri, version, metadata, test_probs, known["test"])
 
 
-def _predict(model, dataset, split, device) -> dict[str, tuple[np.ndarray, ...]]:
-    """(logits, pooled features, labels) of the training, validation and test photos, on
-    `device` in full fp32."""
+def _predict(model, dataset, split, device, with_train: bool) -> dict[str, tuple[np.ndarray, ...]]:
+    """(logits, pooled features, labels) of the validation and test photos (and of the
+    training photos `with_train`), on `device` in full fp32."""
     inference = models.fuse_for_inference(model).to(memory_format=torch.channels_last)
+    parts = [("val", dataset.train, split.val), ("test", dataset.test, None)]
+    if with_train:
+        parts.append(("train", dataset.train, split.train))
     photos = {}
     with training.full_precision(), torch.inference_mode():
-        parts = (("train", dataset.train, split.train), ("val", dataset.train, split.val))
-        for name, images, rows in (*parts, ("test", dataset.test, None)):
+        for name, images, rows in parts:
             loader = data.eval_loader(model.preprocessing, images, rows)
             features, labels = training.extract_features(inference, loader, device)
             logits = inference.forward_head(features.to(device)).float().cpu()
