@@ -101,6 +101,27 @@ def check_value(f: dataclasses.Field, value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class PhotoLimits(Validated):
+    """What one photo may cost at every door: data preparation, the endpoint, the app, the tagger
+    (README, Safety). Memory stays bounded: JPEGs decode at reduced size, other formats at full
+    size only up to `max_full_pixels`."""
+
+    min_side: int = _param(32, "photos with a shorter side are refused", allowed=AT_LEAST_1)
+    max_pixels: int = _param(
+        89_478_485, "largest width x height of a JPEG (decompression-bomb guard)",
+        allowed=AT_LEAST_1,
+    )  # fmt: skip
+    max_full_pixels: int = _param(
+        50_000_000, "largest width x height of a PNG, WebP, GIF, BMP or TIFF photo "
+        "(these decode at full size)", allowed=AT_LEAST_1,
+    )  # fmt: skip
+    max_bytes: int = _param(200_000_000, "largest photo file read, in bytes", allowed=AT_LEAST_1)
+
+
+LIMITS = PhotoLimits()
+
+
+@dataclass(frozen=True)
 class DataConfig(Validated):
     """Where the photos come from and how they are validated, cached and split."""
 
@@ -119,10 +140,18 @@ class DataConfig(Validated):
     )
     seed: int = _param(42, "seed of the train/validation split, initialisation and augmentation")
     min_image_side: int = _param(
-        32, "photos with a shorter side are reported and excluded", allowed=AT_LEAST_1
-    )
+        LIMITS.min_side, "photos with a shorter side are reported and excluded",
+        allowed=AT_LEAST_1,
+    )  # fmt: skip
     max_image_pixels: int = _param(
-        89_478_485, "photos with more pixels are reported as bombs", allowed=AT_LEAST_1
+        LIMITS.max_pixels, "JPEGs with more pixels are reported as bombs", allowed=AT_LEAST_1
+    )
+    max_full_decode_pixels: int = _param(
+        LIMITS.max_full_pixels, "PNG, WebP, GIF, BMP, TIFF photos with more pixels are reported",
+        allowed=AT_LEAST_1,
+    )  # fmt: skip
+    max_unzipped_gb: float = _param(
+        50.0, "a zip whose entries add up to more is refused (zip-bomb guard)", allowed=POSITIVE
     )
 
 
@@ -302,6 +331,10 @@ class ServeConfig(Validated):
         0.5, "top probability below which a photo is not `known`, for models that carry none",
         allowed=SHARE,
     )  # fmt: skip
+    max_rows: int = _param(
+        64, "most photos the endpoint answers per request (env LANDMARK_MAX_ROWS when serving)",
+        allowed=AT_LEAST_1,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -317,6 +350,11 @@ class AppConfig(Validated):
     host: str = _param("127.0.0.1", "address to listen on")
     seed: int = _param(0, "which test photos become the examples")
     port: int = _param(7860, "port to listen on", allowed=Range(0, 65535))
+    allowed_hosts: str = _param(
+        "", "comma-separated host names the page may be reached by, besides localhost "
+        "(requests naming another Host are refused: DNS-rebinding guard)",
+    )  # fmt: skip
+    max_upload_mb: int = _param(50, "largest photo upload, in MB", allowed=AT_LEAST_1)
 
 
 @dataclass(frozen=True)
@@ -337,6 +375,7 @@ class TagConfig(Validated):
     top_k: int = _param(3, "landmarks listed per photo in the report", allowed=AT_LEAST_1)
     engine: str = _param("local", "local (this process) or spark", choices=("local", "spark"))
     spark_master: str = _param("local[2]", "Spark master URL (--engine spark)")
+    spark_ui: bool = _param(False, "start Spark's web UI (on 127.0.0.1 only; it has no login)")
 
 
 # Which config classes make up the parameters of each MLproject entry point.
