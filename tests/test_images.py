@@ -10,6 +10,7 @@ from conftest import (
     png_with_header_size,
     sixteen_bit_png,
 )
+from hostile import photo_corpus
 
 from landmark.runtime.images import BadImageError, load_rgb
 
@@ -93,3 +94,54 @@ def test_draft_decodes_large_jpeg_at_reduced_scale():
     assert min(img.size) >= 256
     assert img.size[0] < 2000  # DCT scaling kicked in
     assert load_rgb(big).size == (2000, 1600)
+
+
+@pytest.mark.parametrize("kind", ["png broken exif", "webp broken exif", "jpeg broken exif"])
+def test_a_broken_exif_block_costs_the_orientation_not_the_photo(kind):
+    _, data, _ = photo_corpus()[kind]
+    assert load_rgb(data).mode == "RGB"  # PNG and WebP raised SyntaxError before (Pillow 13)
+
+
+def test_a_corrupt_png_is_refused_even_though_its_exif_is_read_first():
+    with pytest.raises(BadImageError, match="corrupt PNG"):
+        load_rgb(photo_corpus()["png bad crc"][1])
+
+
+def test_formats_decoded_at_full_size_have_their_own_pixel_limit():
+    """A JPEG decodes at reduced size (draft); a PNG must decode whole first, so it gets the
+    lower `max_full_pixels`."""
+    with pytest.raises(BadImageError, match="max_full_pixels|photo limits"):
+        load_rgb(png_with_header_size(8_000, 8_000), draft_size=256)  # 64 MP > 50 MP
+    with pytest.raises(BadImageError, match="too large"):
+        load_rgb(png_with_header_size(300, 300), max_full_pixels=80_000)
+
+
+def test_a_large_sixteen_bit_png_is_reduced_before_any_float_copy():
+    """16-bit values were converted through float64 at full size (8 bytes a pixel: ~2 GB for
+    9,400 x 9,400 px); now the photo is reduced first and scaled in float32 blocks."""
+    import tracemalloc
+
+    data = sixteen_bit_png(40_000, size=(3_000, 2_000))
+    tracemalloc.start()
+    img = load_rgb(data, draft_size=256)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert min(img.size) >= 256 and img.size[0] < 3_000
+    assert np.asarray(img).mean() == pytest.approx(40_000 / 65535 * 255, abs=1)
+    assert peak < 6_000_000  # numpy's copies; a float64 image would be 48 MB
+
+
+def test_a_fifo_a_device_and_a_folder_are_refused_without_reading(tmp_path):
+    import os
+
+    from landmark.runtime.images import read_photo
+
+    os.mkfifo(tmp_path / "fifo.jpg")  # no writer: a plain open() would wait forever
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # a read() would never end
+    (tmp_path / "folder.jpg").mkdir()
+    for name in ("fifo.jpg", "zero.jpg", "folder.jpg"):
+        with pytest.raises(BadImageError, match="not a regular file"):
+            load_rgb(tmp_path / name)
+    (tmp_path / "big.jpg").write_bytes(b"\xff" * 2_000)
+    with pytest.raises(BadImageError, match="2,000 bytes is over the 1,000-byte limit"):
+        read_photo(tmp_path / "big.jpg", max_bytes=1_000)
