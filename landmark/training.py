@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -324,7 +325,7 @@ def _save(path, model, optimizer, scheduler, state, cfg, metadata, best_weights=
 def _resume(path: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = _load(path)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
@@ -335,10 +336,29 @@ def _resume(path: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `fit`: weights, optimiser state, history, config, and its
-    `ModelMetadata` (None if `fit` was given none)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    `ModelMetadata` (None if `fit` was given none).
+
+    Raises:
+        ValueError: the file holds more than tensors and plain values (see `_load`).
+    """
+    checkpoint = _load(path)
     metadata = checkpoint.get("metadata")
     if isinstance(metadata, dict):  # written before ModelMetadata: a plain dict, or {} for none
         metadata = json.dumps(metadata) if metadata else None
     checkpoint["metadata"] = ModelMetadata.from_json(metadata) if metadata else None
     return checkpoint
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint as tensors and plain Python values only (`weights_only`), so a file
+    from elsewhere cannot run code while it is unpickled. What `_save` writes needs nothing more:
+    state dicts, numbers, strings, lists and dicts (the config, the metadata's JSON)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = [line for line in str(e).splitlines() if "GLOBAL" in line]
+        raise ValueError(
+            f"refusing checkpoint {path}: it holds objects that unpickling would have to run "
+            f"code for ({found[0] if found else e}); use a checkpoint written by `fit`, or if you "
+            "trust the file, load it yourself and re-save only its tensors and plain values"
+        ) from e

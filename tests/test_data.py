@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import BAD_FILES, CLASSES, make_zip, photo_bytes, snapshot
 
-from landmark import data
+from landmark import data, sources
 from landmark.preprocessing import Preprocessing, eval_transform, train_transform
 
 
@@ -73,21 +74,26 @@ def test_cached_pixels_are_the_decoded_photo(data_cfg, dataset_dir):
     assert top[0] > 150 > bottom[0]
 
 
+def caches(cfg) -> list[Path]:
+    """The decode caches built under `cfg.cache_dir` (folders; lock files are not caches)."""
+    return sorted(p for p in (Path(cfg.cache_dir) / "cache").iterdir() if p.is_dir())
+
+
 def test_cache_is_reused_then_rebuilt_when_a_photo_changes(data_cfg, dataset_dir, tmp_path):
     first = data.load_data(data_cfg)
-    caches = list((tmp_path / "cache" / "cache").iterdir())
-    assert len(caches) == 1
-    index_mtime = (caches[0] / "index.json").stat().st_mtime_ns
+    caches_before = caches(data_cfg)
+    assert len(caches_before) == 1
+    index_mtime = (caches_before[0] / "index.json").stat().st_mtime_ns
 
     again = data.load_data(data_cfg)
     assert again.fingerprint == first.fingerprint
-    assert (caches[0] / "index.json").stat().st_mtime_ns == index_mtime  # not rebuilt
+    assert (caches_before[0] / "index.json").stat().st_mtime_ns == index_mtime  # not rebuilt
 
     changed = dataset_dir / "train" / CLASSES[2] / "000.jpg"
     changed.write_bytes(photo_bytes(colour=(255, 255, 0), seed=99))
     rebuilt = data.load_data(data_cfg)
     assert rebuilt.fingerprint != first.fingerprint
-    assert len(list((tmp_path / "cache" / "cache").iterdir())) == 2
+    assert len(caches(data_cfg)) == 2
     row = rebuilt.train.paths.index(f"train/{CLASSES[2]}/000.jpg")
     assert rebuilt.train.images[row][..., 0].mean() > 200  # the new yellow photo
 
@@ -99,6 +105,57 @@ def test_zip_and_folder_give_the_same_fingerprint(data_cfg, dataset_dir, tmp_pat
     assert from_zip.fingerprint == from_folder.fingerprint
     assert from_zip.root.name == "landmark_images"
     assert from_zip.train.paths == from_folder.train.paths
+
+
+def test_the_full_decode_limit_applies_and_keys_the_cache(data_cfg, dataset_dir):
+    """A PNG decodes at full size: `max_full_decode_pixels` excludes a large one, and a cache
+    built under another limit is not reused."""
+    big = f"train/{CLASSES[0]}/big.png"
+    (dataset_dir / big).write_bytes(photo_bytes(size=(200, 150), fmt="PNG"))  # 30,000 px
+    assert big in data.load_data(data_cfg).train.paths
+    strict = dataclasses.replace(data_cfg, max_full_decode_pixels=20_000)
+    loaded = data.load_data(strict)
+    reasons = {bad.path: bad.reason for bad in loaded.bad_files}
+    assert "too large: 200x150 = 30,000 px > 20,000" in reasons[big]
+    assert big not in loaded.train.paths
+    assert f"train/{CLASSES[0]}/grey.png" in loaded.train.paths  # 80x60: within the limit
+    assert len(caches(data_cfg)) == 2
+
+
+def test_load_data_refuses_a_zip_over_max_unzipped_gb(data_cfg, dataset_dir, tmp_path):
+    archive = make_zip(dataset_dir, tmp_path / "landmark_images.zip")
+    tiny = dataclasses.replace(data_cfg, data=str(archive), max_unzipped_gb=1e-6)  # 1 kB
+    with pytest.raises(sources.DataSourceError, match="more than max_unzipped_gb=1e-06"):
+        data.load_data(tiny)
+
+
+def load_at_once(barrier, results, cfg) -> None:
+    """Run in a child process: wait for the others, then load; report the cache or error."""
+    barrier.wait()
+    try:
+        loaded = data.load_data(cfg)
+        results.put(("ok", str(Path(loaded.train.images.filename).parent)))
+    except Exception as e:
+        results.put(("failed", repr(e)))
+
+
+def test_two_processes_building_the_same_cache_at_once(data_cfg):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    workers = [ctx.Process(target=load_at_once, args=(barrier, results, data_cfg)) for _ in "ab"]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
+    assert outcomes[0][1] == outcomes[1][1]
+    # One cache, no `.part` folder of the other process left behind.
+    assert [str(p) for p in caches(data_cfg)] == [outcomes[0][1]]
 
 
 def test_missing_layout_is_explained(tmp_path):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
+import multiprocessing
+import random
+import struct
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -81,7 +85,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def leftovers(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) if cache.exists() else []
+    """Everything below `cache` but lock files (empty; they stay on purpose, see `build_lock`)."""
+    if not cache.exists():
+        return []
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.suffix != ".lock")
+
+
+def recording_open(monkeypatch) -> list:
+    """Record the zip entries opened for reading (what extraction does first, per entry)."""
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def record(self, member, *args, **kwargs):
+        opened.append(member)
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", record)
+    return opened
 
 
 def test_folder_is_used_in_place(photos, tmp_path):
@@ -113,14 +133,7 @@ def test_zip_entries_escaping_the_target_are_refused(tmp_path, entry, monkeypatc
             zf.writestr(info, "/etc/passwd")
         else:
             zf.writestr(entry, b"evil")
-    extracted = []
-    extract = zipfile.ZipFile.extract
-
-    def recording_extract(self, member, *args, **kwargs):
-        extracted.append(member)
-        return extract(self, member, *args, **kwargs)
-
-    monkeypatch.setattr(zipfile.ZipFile, "extract", recording_extract)
+    extracted = recording_open(monkeypatch)
     cache = tmp_path / "cache"
     with pytest.raises(DataSourceError, match="refusing"):
         fetch(str(archive), cache)
@@ -138,7 +151,31 @@ def test_url_is_downloaded_verified_and_reused(photos, server, tmp_path):
     assert (root / "train" / "A" / "1.jpg").is_file()
     assert fetch(url, cache, sha256=digest) == root
     assert server.requests == ["/landmark_images.zip"]  # the second fetch reused the download
-    assert leftovers(cache / "downloads") == ["landmark_images.zip"]
+    assert [p.name for p in (cache / "downloads").rglob("*") if p.is_file()] == [
+        "landmark_images.zip"
+    ]
+
+
+def test_urls_ending_in_the_same_name_keep_their_own_download(photos, server, tmp_path):
+    """Two servers' `/data.zip` are two data sets, not one cached file."""
+    other_photos = tmp_path / "other"
+    (other_photos / "train" / "B").mkdir(parents=True)
+    (other_photos / "train" / "B" / "2.jpg").write_bytes(b"y" * 500)
+    make_zip(photos, server.root / "data.zip")
+    (tmp_path / "www2").mkdir()
+    other = Server(tmp_path / "www2")
+    try:
+        make_zip(other_photos, other.root / "data.zip")
+        cache = tmp_path / "cache"
+        first = fetch(f"{server.url}/data.zip", cache)
+        second = fetch(f"{other.url}/data.zip", cache)
+        assert other.requests == ["/data.zip"]  # downloaded, not taken from the first's cache
+    finally:
+        other.close()
+    assert (first / "train" / "A" / "1.jpg").read_bytes() == b"x" * 1000
+    assert (second / "train" / "B" / "2.jpg").read_bytes() == b"y" * 500
+    assert not (second / "train" / "A").exists()
+    assert fetch(f"{server.url}/data.zip", cache) == first  # each still reused
 
 
 @pytest.fixture(autouse=True)
@@ -222,4 +259,131 @@ def test_failed_extraction_leaves_no_partial_folder(photos, tmp_path):
     make_zip(photos, archive)  # intact again: extracted in full, nothing of the failure left
     root = fetch(str(archive), cache)
     assert (root / "train" / "A" / "1.jpg").read_bytes() == b"x" * 1000
-    assert [p.name for p in (cache / "datasets").iterdir()] == [root.name]
+    assert [p.name for p in (cache / "datasets").iterdir() if p.is_dir()] == [root.name]
+
+
+def zeros_zip(path: Path, sizes: list[int]) -> Path:
+    """A zip bomb in miniature: entries of zeros (deflate shrinks them about 1000x)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, size in enumerate(sizes):
+            with zf.open(f"train/A/{i}.jpg", "w") as entry:
+                for start in range(0, size, sources.CHUNK):
+                    entry.write(bytes(min(sources.CHUNK, size - start)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sizes", "culprit"),
+    [([20_000_000], "'train/A/0.jpg'"), ([200_000] * 60, "the zip")],
+    ids=["one-huge-entry", "many-small-entries"],
+)
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path, monkeypatch, sizes, culprit):
+    archive = zeros_zip(tmp_path / "bomb.zip", sizes)
+    opened = recording_open(monkeypatch)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataSourceError, match=rf"bomb.zip: {culprit} inflates .* more than 100x"):
+        fetch(str(archive), cache)
+    assert opened == []
+    assert leftovers(cache / "datasets") == []
+
+
+def test_a_zip_larger_than_max_unzipped_gb_is_refused(tmp_path, monkeypatch):
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # stored: photos barely compress
+        zf.writestr("train/A/1.jpg", random.Random(0).randbytes(2_000_000))
+    opened = recording_open(monkeypatch)
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        DataSourceError,
+        match=r"big.zip: its entries add up to .*2,000,000 bytes.* more than "
+        r"max_unzipped_gb=0.001; .*raise --max-unzipped-gb",
+    ):
+        fetch(str(archive), cache, max_unzipped_gb=0.001)
+    assert opened == []
+    assert leftovers(cache / "datasets") == []
+    assert (fetch(str(archive), cache) / "train" / "A" / "1.jpg").stat().st_size == 2_000_000
+
+
+def test_a_zip_that_does_not_fit_on_the_disk_is_refused(photos, tmp_path, monkeypatch):
+    archive = make_zip(photos, tmp_path / "data.zip")  # 2 x 1000 bytes unzipped
+    real_usage = sources.shutil.disk_usage
+
+    def almost_full(path):
+        return real_usage(path)._replace(free=1999)
+
+    monkeypatch.setattr(sources.shutil, "disk_usage", almost_full)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataSourceError, match=r"data.zip: it needs .*2,000 bytes.* only .*1,999"):
+        fetch(str(archive), cache)
+    assert leftovers(cache / "datasets") == []
+
+
+def test_an_entry_inflating_past_its_declared_size_is_stopped(photos, tmp_path, monkeypatch):
+    """A reader that believes the compressed stream over the header (zipfile itself cuts an
+    entry at its declared size; this guard does not rely on it)."""
+    archive = make_zip(photos, tmp_path / "data.zip")
+
+    def endless_open(self, member, *args, **kwargs):
+        declared = member if isinstance(member, zipfile.ZipInfo) else self.getinfo(member)
+        return io.BytesIO(bytes(declared.file_size + 3 * sources.CHUNK))
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", endless_open)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataSourceError, match=r"'test/A/1.jpg' inflates past the 1,000 bytes"):
+        fetch(str(archive), cache)
+    assert leftovers(cache / "datasets") == []
+
+
+def test_a_header_that_understates_an_entry_is_refused(tmp_path):
+    archive = zeros_zip(tmp_path / "liar.zip", [5_000_000])
+    raw = bytearray(archive.read_bytes())
+    central = raw.index(b"PK\x01\x02")
+    struct.pack_into("<I", raw, central + 24, 1000)  # uncompressed size in the directory
+    struct.pack_into("<I", raw, 22, 1000)  # and in the local header
+    archive.write_bytes(bytes(raw))
+    cache = tmp_path / "cache"
+    with pytest.raises(DataSourceError, match="liar.zip"):
+        fetch(str(archive), cache)
+    assert leftovers(cache / "datasets") == []
+
+
+def fetch_at_once(barrier, results, *args) -> None:
+    """Run in a child process: wait for the others, then fetch; report the folder or error."""
+    barrier.wait()
+    try:
+        results.put(("ok", str(fetch(*args))))
+    except Exception as e:
+        results.put(("failed", repr(e)))
+
+
+def run_at_once(target, *args, processes: int = 2) -> list[tuple[str, str]]:
+    """Start `processes` fresh interpreters running `target(barrier, results, *args)` together."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(barrier, results, *args)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    try:
+        return [results.get(timeout=120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+
+
+def test_two_processes_extracting_the_same_zip_at_once(tmp_path):
+    folder = tmp_path / "many"
+    (folder / "train" / "A").mkdir(parents=True)
+    rng = random.Random(1)
+    for i in range(400):  # enough work that both processes are extracting at the same time
+        (folder / "train" / "A" / f"{i}.jpg").write_bytes(rng.randbytes(20_000))
+    archive = make_zip(folder, tmp_path / "data.zip")
+    cache = tmp_path / "cache"
+    outcomes = run_at_once(fetch_at_once, str(archive), str(cache))
+    assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
+    assert outcomes[0][1] == outcomes[1][1]
+    extracted = Path(outcomes[0][1])
+    assert len(list(extracted.rglob("*.jpg"))) == 400
+    # One folder, no `.part` folder of the other process left behind.
+    assert [p.name for p in (cache / "datasets").iterdir() if p.is_dir()] == [extracted.name]

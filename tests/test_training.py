@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import shlex
 
 import numpy as np
 import pytest
@@ -164,3 +167,56 @@ def test_checkpoints_written_before_the_contract_still_load(tmp_path):
     loaded = training.load_checkpoint(tmp_path / "old.pt")["metadata"]
     assert isinstance(loaded, ModelMetadata) and loaded.class_folders == tuple(v1["class_folders"])
     assert training.load_checkpoint(tmp_path / "none.pt")["metadata"] is None
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a hostile checkpoint could do."""
+
+    def __init__(self, marker):
+        self.command = f"touch {shlex.quote(str(marker))}"
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("how", ["load_checkpoint", "resume"])
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, how):
+    marker, evil = tmp_path / "code-ran", tmp_path / "evil.pt"
+    torch.save({"model": {}, "metadata": None, "payload": RunsCode(marker)}, evil)
+    with pytest.raises(ValueError, match=f"refusing checkpoint {re.escape(str(evil))}: .*system"):
+        if how == "load_checkpoint":
+            training.load_checkpoint(evil)
+        else:  # the checkpoint is read before any batch: loaders need only a length
+            resume = dataclasses.replace(TINY, resume=str(evil))
+            training.fit(tiny_model(), [None], [None], resume, 0, tmp_path / "ckpt", CPU)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("optimizer", sorted(training.OPTIMIZERS))
+@pytest.mark.parametrize("schedule", sorted(training.SCHEDULES))
+def test_checkpoints_of_every_schedule_load_as_weights_only(tmp_path, schedule, optimizer):
+    """What `_save` writes needs no globals beyond torch's safe ones, and resumes exactly."""
+    cfg = dataclasses.replace(TINY, schedule=schedule, optimizer=optimizer)
+    model = tiny_model()
+    opt = training.build_optimizer(model, cfg)
+    sched = training.build_scheduler(opt, cfg, steps_per_epoch=4)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    for _ in range(3):
+        opt.zero_grad()
+        model(images).logsumexp(1).mean().backward()
+        opt.step()
+        sched.step()
+    state = {"epoch": 0, "best_epoch": 0, "best_val_acc": 0.5, "history": [{"val/acc": 0.5}]}
+    path = tmp_path / "last.pt"
+    training._save(path, model, opt, sched, state, cfg, METADATA, model.state_dict())
+    torch.load(path, map_location="cpu", weights_only=True)  # no extra allowed globals
+    checkpoint = training.load_checkpoint(path)
+    assert checkpoint["state"] == state and checkpoint["metadata"] == METADATA
+    restored_opt = training.build_optimizer(tiny_model(), cfg)
+    restored = training.build_scheduler(restored_opt, cfg, steps_per_epoch=4)
+    restored_opt.load_state_dict(checkpoint["optimizer"])
+    restored.load_state_dict(checkpoint["scheduler"])
+    sched.step()
+    restored.step()
+    assert restored.get_last_lr() == sched.get_last_lr()
+    assert restored.last_epoch == sched.last_epoch == 4
