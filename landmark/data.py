@@ -29,6 +29,7 @@ from landmark.config import DataConfig, TrainConfig
 from landmark.preprocessing import Collate, eval_transform, square_crop, train_transform
 from landmark.runtime import images
 from landmark.runtime.contract import Location, Preprocessing
+from landmark.runtime.files import walk as files_below
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ def list_files(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]
             class_dir = root / split / folder
             if not class_dir.is_dir():
                 continue
-            for path in sorted(class_dir.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    files[split].append((path.relative_to(root).as_posix(), label))
+            # Every entry but folders (FIFOs and broken links too: decoding reports them).
+            for path in sorted(files_below(class_dir)):
+                files[split].append((path.relative_to(root).as_posix(), label))
     return class_folders, files
 
 
@@ -151,16 +152,11 @@ def read_locations(root: Path, class_folders: list[str]) -> dict[str, Location]:
 
 def load_data(cfg: DataConfig) -> LandmarkData:
     """Fetch, validate and cache the data set of `cfg`, reusing a cache that is still valid."""
-    root = find_root(sources.fetch(cfg.data, cfg.cache_dir, cfg.sha256))
+    root = find_root(sources.fetch(cfg.data, cfg.cache_dir, cfg.sha256, cfg.max_unzipped_gb))
     class_folders, files = list_files(root)
     hashes = _hash_files(root, [path for split in SPLITS for path, _ in files[split]])
     fingerprint = _fingerprint(root, hashes)
-    key = hashlib.sha256(
-        json.dumps(
-            [fingerprint, cfg.cache_size, cfg.min_image_side, cfg.max_image_pixels, CACHE_FORMAT]
-        ).encode()
-    ).hexdigest()[:16]
-    cache = Path(cfg.cache_dir).expanduser() / "cache" / f"{key}-{cfg.cache_size}px"
+    cache = _cache_path(fingerprint, cfg)
     if not (cache / "index.json").is_file():
         _build_cache(root, files, cfg, cache)
     else:
@@ -187,15 +183,37 @@ def load_data(cfg: DataConfig) -> LandmarkData:
     )
 
 
+def _cache_path(fingerprint: str, cfg: DataConfig) -> Path:
+    """The decode cache of these photos under every setting that changes what it holds."""
+    settings = [cfg.cache_size, cfg.min_image_side, cfg.max_image_pixels]
+    settings += [cfg.max_full_decode_pixels, CACHE_FORMAT]
+    key = hashlib.sha256(json.dumps([fingerprint, *settings]).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir).expanduser() / "cache" / f"{key}-{cfg.cache_size}px"
+
+
 def _hash_files(root: Path, paths: list[str]) -> dict[str, str]:
     bar = tqdm(paths, desc="Fingerprinting", unit="file", leave=False)
-    return {path: sources.file_sha256(root / path) for path in bar}
+    return {path: _content_hash(root / path) for path in bar}
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a photo file; for what cannot be read as one (a FIFO, a broken link, too
+    large) the reason instead, which decoding reports."""
+    try:
+        return hashlib.sha256(images.read_photo(path)).hexdigest()
+    except images.BadImageError as e:
+        return f"unreadable: {e}"
+
+
+def printable(path: str) -> str:
+    """A file name for people and text files: bytes that are not UTF-8 shown as `\\xe9`."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fingerprint(root: Path, hashes: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for path in sorted(hashes):
-        digest.update(f"{path}\0{hashes[path]}\n".encode())
+        digest.update(f"{path}\0{hashes[path]}\n".encode("utf-8", "surrogateescape"))
     if (root / LOCATIONS_FILE).is_file():
         digest.update(sources.file_sha256(root / LOCATIONS_FILE).encode())
     return digest.hexdigest()
@@ -214,19 +232,26 @@ def _leaks(
 def _build_cache(
     root: Path, files: dict[str, list[tuple[str, int]]], cfg: DataConfig, cache: Path
 ) -> None:
-    """Decode every photo once into `<split>.npy` uint8 arrays; written atomically."""
+    """Decode every photo once into `<split>.npy` uint8 arrays; written atomically.
+
+    Processes building the same cache at once take turns; the later ones reuse the first's.
+    """
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".part"))
-    try:
-        index: dict = {"bad_files": []}
-        for split in SPLITS:
-            good, bad = _decode_split(root, files[split], cfg, tmp / f"{split}.npy")
-            index[split] = {"paths": [p for p, _ in good], "labels": [lab for _, lab in good]}
-            index["bad_files"] += [dataclasses.asdict(b) for b in bad]
-        (tmp / "index.json").write_text(json.dumps(index, indent=1))
-        os.replace(tmp, cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with sources.build_lock(cache):
+        if (cache / "index.json").is_file():  # built by another process while this one waited
+            log.info("Reusing decode cache %s", cache)
+            return
+        tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".part"))
+        try:
+            index: dict = {"bad_files": []}
+            for split in SPLITS:
+                good, bad = _decode_split(root, files[split], cfg, tmp / f"{split}.npy")
+                index[split] = {"paths": [p for p, _ in good], "labels": [n for _, n in good]}
+                index["bad_files"] += [dataclasses.asdict(b) for b in bad]
+            (tmp / "index.json").write_text(json.dumps(index, indent=1))
+            sources.publish(tmp, cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _decode_split(
@@ -256,7 +281,13 @@ def _decode_split(
 
 def decode_square(path: Path, cfg: DataConfig) -> np.ndarray:
     """Decode one photo into the cached form: uint8 `(S, S, 3)`, shorter side resized to S."""
-    img = images.load_rgb(path, cfg.min_image_side, cfg.max_image_pixels, draft_size=cfg.cache_size)
+    img = images.load_rgb(
+        path,
+        cfg.min_image_side,
+        cfg.max_image_pixels,
+        draft_size=cfg.cache_size,
+        max_full_pixels=cfg.max_full_decode_pixels,
+    )
     return square_crop(np.asarray(img), cfg.cache_size)
 
 

@@ -351,7 +351,7 @@ def _bad_files_csv(bad_files: list[data.BadFile]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["path", "reason"])
-    writer.writerows([bad.path, bad.reason] for bad in bad_files)
+    writer.writerows([data.printable(bad.path), bad.reason] for bad in bad_files)
     return out.getvalue()
 
 
