@@ -20,6 +20,8 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from landmark import tracking
 from landmark.config import AppConfig, ServeConfig
@@ -28,7 +30,9 @@ from landmark.runtime.predictor import BadRequestError, Predictor
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 50_000_000
+ENDPOINT_TIMEOUT = 60  # seconds; `mlflow models serve` gives up after 60 s too
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg"}
 
 
 class Classifier(Protocol):
@@ -52,11 +56,19 @@ class LocalClassifier:
         return self.predictor.predict([photo], top_k)[0]
 
 
+class EndpointError(RuntimeError):
+    """The endpoint could not answer (down, too slow, broken); `status` is ours to return."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class EndpointClassifier:
     """A running `mlflow models serve` endpoint (`.../invocations`)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, timeout: float = ENDPOINT_TIMEOUT) -> None:
+        self.url, self.timeout = url, timeout
         self.description = f"the model served at {url}"
 
     def predict(self, photo: bytes, top_k: int) -> dict[str, Any]:
@@ -64,11 +76,30 @@ class EndpointClassifier:
             "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo).decode()]]},
             "params": {"top_k": top_k},
         }
-        response = requests.post(self.url, json=body, timeout=120)
+        try:
+            response = requests.post(self.url, json=body, timeout=(5, self.timeout))
+        except requests.Timeout as e:
+            raise EndpointError(504, f"{self.url} gave no answer within {self.timeout} s") from e
+        except requests.RequestException as e:
+            raise EndpointError(502, f"cannot reach {self.url}: is the endpoint running?") from e
         if 400 <= response.status_code < 500:
-            raise BadRequestError(response.json().get("message", response.text))
-        response.raise_for_status()
-        return response.json()["predictions"][0]
+            raise BadRequestError(_endpoint_message(response))
+        try:
+            response.raise_for_status()
+            return response.json()["predictions"][0]
+        except (requests.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+            reason = f"{response.status_code} {_endpoint_message(response)}"[:300]
+            raise EndpointError(502, f"{self.url} answered {reason}") from e
+
+
+def _endpoint_message(response: requests.Response) -> str:
+    """The reason in an endpoint's error answer: MLflow's JSON `message` (its last line, where
+    ours is: MLflow puts the whole request in front), else the start of the text."""
+    try:
+        message = str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300] or response.reason
+    return message.rsplit("Error: ", 1)[-1].strip()
 
 
 def load_classifier(model: str, endpoint: str = "") -> tuple[Classifier, dict[str, Any]]:
@@ -102,9 +133,30 @@ def pick_examples(data_root: Path, seed: int, count: int = 6) -> list[Path]:
     return examples
 
 
-def create_app(classifier: Classifier, examples: list[Path]) -> FastAPI:
-    """The web app: the page, its examples, and `POST /api/predict` (raw photo bytes)."""
+def allowed_hosts(cfg: AppConfig) -> list[str]:
+    """The Host names the app answers to: localhost, the address it listens on, and the
+    names given (DNS-rebinding guard: a web page elsewhere cannot reach it by a name of its own)."""
+    extra = [h.strip() for h in cfg.allowed_hosts.split(",") if h.strip()]
+    listen = [] if cfg.host in {"0.0.0.0", "::", ""} else [cfg.host]
+    return list(dict.fromkeys([*LOCAL_HOSTS, *listen, *extra]))
+
+
+def create_app(
+    classifier: Classifier, examples: list[Path], cfg: AppConfig = AppConfig()
+) -> FastAPI:
+    """The web app: the page, its examples, and `POST /api/predict` (raw photo bytes).
+
+    Decoding, the model and endpoint calls run in worker threads, so one slow photo never
+    holds the page for anyone else; every error is a JSON `{"error": ...}`, never a trace.
+    """
     app = FastAPI(title="landmark", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(cfg))
+    max_bytes = cfg.max_upload_mb * 1_000_000
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"error": "internal error: the app's log has the details"}, 500)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -122,26 +174,42 @@ def create_app(classifier: Classifier, examples: list[Path]) -> FastAPI:
         if not 0 <= index < len(examples):
             return JSONResponse({"error": f"no example {index}"}, status_code=404)
         path = examples[index]
-        media = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+        media = MEDIA_TYPES.get(path.suffix.lower(), "image/jpeg")
         return Response(path.read_bytes(), media_type=media)
 
     @app.post("/api/predict")
     async def predict(request: Request, top_k: int = ServeConfig().top_k) -> JSONResponse:
-        photo = await request.body()
         name = urllib.parse.unquote(request.headers.get("x-filename", "photo"))
-        if len(photo) > MAX_UPLOAD_BYTES:
-            message = f"{name} is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB"
+        photo = await _read_body(request, max_bytes)
+        if photo is None:
+            message = f"{name} is larger than {cfg.max_upload_mb} MB (the app's --max-upload-mb)"
             return JSONResponse({"error": message}, status_code=413)
         try:
-            answer = classifier.predict(photo, top_k)
+            answer = await run_in_threadpool(classifier.predict, photo, top_k)
         except BadRequestError as e:
             reason = str(e).removeprefix("row 0: ")
             return JSONResponse({"error": f"{name}: {reason}"}, status_code=400)
+        except EndpointError as e:
+            return JSONResponse({"error": f"{name}: {e}"}, status_code=e.status)
         gps = images.gps_coordinates(photo)
         answer["photo_gps"] = {"latitude": gps[0], "longitude": gps[1]} if gps else None
         return JSONResponse(answer)
 
     return app
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be over `max_bytes` (from its
+    Content-Length before reading anything, else while it streams in)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            return None
+    return bytes(body)
 
 
 def run(cfg: AppConfig) -> None:
@@ -150,8 +218,10 @@ def run(cfg: AppConfig) -> None:
     source = Path(cfg.examples or info.get("data", "") or "nowhere")
     chosen = pick_examples(source, cfg.seed) if source.is_dir() else []
     log.info("Model: %s; %d example photos from %s", classifier.description, len(chosen), source)
-    app = create_app(classifier, chosen)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    app = create_app(classifier, chosen, cfg)
+    log.info("Answering requests for %s", ", ".join(allowed_hosts(cfg)))
+    # A bounded number of requests at once: each may hold an upload of up to max_upload_mb.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", limit_concurrency=32)
 
 
 PAGE = (Path(__file__).parent / "app.html").read_text()
