@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import getpass
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from landmark.config import CHAMPION, PREVIOUS, REGISTERED_MODEL, ServeConfig
@@ -37,6 +38,7 @@ from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import BadRequestError, Predictor
 
 SERVE = ServeConfig()
+MAX_ROWS_ENV = "LANDMARK_MAX_ROWS"  # where the server runs: the most photos per request
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +173,16 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.predictor = Predictor.load(context.artifacts["torchscript"])
+        self.max_rows = ServeConfig(
+            max_rows=int(os.environ.get(MAX_ROWS_ENV, SERVE.max_rows))
+        ).max_rows
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[dict]:
         params = params or {}
         try:
-            photos = _photo_column(model_input)
+            photos = _photo_column(model_input, self.max_rows)
             return self.predictor.predict(
                 photos,
                 int(params.get("top_k", SERVE.top_k)),
@@ -186,11 +191,22 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
             )
         except BadRequestError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
+        except Exception as e:  # a bug of ours: the details go to the server's log, not the client
+            log.exception("answering a request failed")
+            raise MlflowException(
+                f"internal error ({type(e).__name__}); the server's log has the details",
+                error_code=INTERNAL_ERROR,
+            ) from e
 
 
-def _photo_column(model_input: Any) -> list[bytes]:
+def _photo_column(model_input: Any, max_rows: int = SERVE.max_rows) -> list[bytes]:
     if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
         raise BadRequestError("expected a column 'image' of encoded photos (base64 in JSON)")
+    if len(model_input) > max_rows:
+        raise BadRequestError(
+            f"{len(model_input)} photos in one request; this endpoint answers at most {max_rows} "
+            f"(set {MAX_ROWS_ENV} where the server runs): send them in smaller batches"
+        )
     photos = []
     for row, value in enumerate(model_input["image"]):
         if isinstance(value, str):  # base64 text that MLflow did not decode for us

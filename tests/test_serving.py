@@ -30,6 +30,7 @@ from landmark.config import (
     PromoteConfig,
     ScratchConfig,
     ScratchTrainConfig,
+    ServeConfig,
     TuneConfig,
 )
 from landmark.runtime.predictor import Predictor
@@ -211,12 +212,25 @@ def test_legal_extremes_are_answered_and_a_1px_photo_is_refused(champion):
     response = invoke(url, [wide])
     assert response.status_code == 200, response.text[:500]
     assert response.json()["predictions"][0]["label"] == torchscript_answer(path, wide)["label"]
-    batch = [colour_photo(i % 3, size=(64, 48)) for i in range(1000)]
+    batch = [colour_photo(i % 3, size=(64, 48)) for i in range(ServeConfig().max_rows)]
     response = invoke(url, batch)
     assert response.status_code == 200, response.text[:500]
     labels = [a["label"] for a in response.json()["predictions"]]
-    assert labels == [CLASSES[i % 3] for i in range(1000)]
+    assert labels == [CLASSES[i % 3] for i in range(len(batch))]
     assert server.poll() is None
+
+
+def test_a_request_over_the_row_limit_is_refused_naming_the_limit(champion):
+    """Thousands of rows would hold the model for minutes (MLflow answers 504, the work goes
+    on and every later request times out): refused at once instead."""
+    url, _, server, _, _ = champion
+    limit = ServeConfig().max_rows
+    response = invoke(url, [colour_photo(0, size=(64, 48))] * (limit + 1))
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert f"{limit + 1} photos in one request" in message and f"at most {limit}" in message
+    assert "LANDMARK_MAX_ROWS" in message and "stack_trace" not in response.json()
+    assert invoke(url, [colour_photo(1)]).status_code == 200
 
 
 def test_roll_back_and_promote_again_through_the_tracking_server(registry, champion):
