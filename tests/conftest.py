@@ -157,6 +157,32 @@ def build_model(arch: str, num_classes: int, **overrides) -> torch.nn.Module:
     return models.build_model(arch, num_classes, **{**defaults, **overrides})
 
 
+NAMES = ("Eiffel Tower", "Golden Gate Bridge", "Taj Mahal")
+
+
+def tiny_metadata(**changes):
+    """`ModelMetadata` of a 3-class model that writes every answer (threshold 0) at the
+    conftest data set's landmarks."""
+    from landmark.runtime.contract import Location, ModelMetadata, Preprocessing
+
+    rows = [line.split(",") for line in LOCATIONS_CSV.strip().splitlines()[1:]]
+    locations = {r[0]: Location(r[1], float(r[2]), float(r[3]), r[4]) for r in rows}
+    values = dict(arch=SCRATCH_ARCH, class_folders=tuple(CLASSES), class_names=NAMES,
+                  preprocessing=Preprocessing(resize_size=73, crop_size=64),
+                  locations=locations, threshold=0.0)  # fmt: skip
+    return ModelMetadata(**{**values, **changes})
+
+
+def export_tiny_model(path: Path, metadata=None) -> Path:
+    """An untrained tiny CNN exported as TorchScript (seconds, no MLflow): for the tagger's
+    file and fault tests, where what matters is what is written, not which landmark."""
+    from landmark import export
+
+    torch.manual_seed(0)
+    model = build_model(SCRATCH_ARCH, 3, image_size=64, width=8, depth=2, blocks=1).eval()
+    return export.export_torchscript(model, metadata or tiny_metadata(), path)
+
+
 @pytest.fixture
 def dataset_dir(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "landmarks")

@@ -120,7 +120,7 @@ def test_rerun_skips_done_photos_and_an_interrupted_run_keeps_its_work(champion,
     found, _ = tagging.find_photos([photos])
     path, _ = tracking.fetch_model(champion, tmp_path / "model")
     predictor = Predictor.load(path)
-    tagger = tagging.Tagger(cfg, "landmark-classifier/1")
+    tagger = tagging.Tagger(cfg, "landmark-classifier/1", predictor.metadata)
 
     class CtrlC(tagging.LocalScorer):
         def score(self, photos, top_k, threshold):
@@ -161,7 +161,7 @@ def test_write_errors_and_foreign_sidecars_are_reported_not_fatal(champion, tmp_
     assert "was not written by landmark" in rows["red.jpg"]["error"]
     assert "was not written by landmark" in rows["green.png"]["error"]
     assert "darktable" in (photos / "2024/sf/green.png.xmp").read_text()  # left alone
-    assert rows["gone.jpg"]["error"].startswith("FileNotFoundError")
+    assert rows["gone.jpg"]["error"] == "cannot read: No such file or directory"
     assert rows["blue.WEBP"]["status"] == "error"
     assert rows["blue.WEBP"]["error"].startswith("cannot write: [Errno 20] Not a directory")
     assert counts == {"error": 6, "has_gps": 1}

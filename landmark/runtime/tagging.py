@@ -4,35 +4,43 @@ Originals are only ever read. Per photo the tagger writes `<photo>.xmp` (keyword
 landmark; digiKam, darktable and Lightroom read it), one line of the JSONL report, and on
 request a link (or copy) in a per-landmark folder and a JPEG copy with GPS in its EXIF (the
 EXIF segment is spliced in; the compressed image data is copied byte for byte).
+
+Nothing half-written is ever taken for done: every file is written under a temporary name
+(`.landmark-<pid>-*.tmp`, created with O_EXCL/O_NOFOLLOW) and renamed into place, the sidecar
+last of a photo's outputs; a rerun completes what an interrupted run left and removes its
+temporary files. One bad photo costs one report line, never the run (README, Safety).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape, quoteattr, unescape
 
 from PIL import Image
 from tqdm.auto import tqdm
 
 from landmark import tracking
 from landmark.config import TagConfig
-from landmark.runtime import images
+from landmark.runtime import files, images
+from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 MODEL_ATTRIBUTE = "landmark:Model"
+LABEL_ATTRIBUTE = "landmark:Label"
+MAX_SIDECAR_BYTES = 1_000_000  # a larger .xmp is not one of ours
 NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
 
 
@@ -60,26 +68,33 @@ class LocalScorer:
             yield photo, data, answer
 
 
-def find_photos(paths: Iterable[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+def find_photos(
+    paths: Iterable[Path], exclude: Iterable[Path] = ()
+) -> tuple[list[Path], list[dict[str, Any]]]:
     """Every photo (JPEG, PNG, WebP) below `paths`, sorted; and the folders that could not be
-    read, as report rows."""
-    found, problems = set(), []
+    read, as report rows. Hidden files and folders, and the folders in `exclude` (our own
+    outputs), are left out; symbolic links to folders are not followed. Any depth: the walk
+    keeps its own stack."""
+    found: set[Path] = set()
+    problems: list[dict[str, Any]] = []
+    skip = {p.resolve() for p in exclude}
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            problems.append({"path": str(path), "status": "error", "error": "does not exist"})
+        elif not path.is_dir():
+            found.add(path)  # given by name: triage says what is wrong with it, if anything
+        else:
+            found.update(_walk(path, skip, problems))
+    return sorted(found), problems
 
+
+def _walk(root: Path, skip: set[Path], problems: list[dict[str, Any]]) -> Iterator[Path]:
     def unreadable(error: OSError) -> None:
         problems.append({"path": str(error.filename), "status": "error", "error": str(error)})
 
-    for path in paths:
-        if path.is_file():
-            found.add(path)
-            continue
-        if not path.exists():
-            problems.append({"path": str(path), "status": "error", "error": "does not exist"})
-        for folder, dirs, files in os.walk(path, onerror=unreadable):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in files:
-                if Path(name).suffix.lower() in images.PHOTO_SUFFIXES and not name.startswith("."):
-                    found.add(Path(folder) / name)
-    return sorted(found), problems
+    for path in files.walk(root, lambda folder: folder.resolve() in skip, unreadable):
+        if path.suffix.lower() in images.PHOTO_SUFFIXES:
+            yield path
 
 
 def sidecar_path(photo: Path) -> Path:
@@ -88,15 +103,25 @@ def sidecar_path(photo: Path) -> Path:
 
 
 def tagged_by(sidecar: Path) -> str | None:
-    """The model recorded in one of our sidecars; "" for someone else's sidecar; None if none."""
+    """The model recorded in one of our sidecars; "" for someone else's sidecar (or anything
+    else of that name); None if there is none."""
+    return _sidecar_attribute(sidecar, MODEL_ATTRIBUTE)
+
+
+def _sidecar_attribute(sidecar: Path, attribute: str) -> str | None:
+    """An attribute of one of our sidecars ("" if not ours or absent; None: no such file)."""
     try:
-        text = sidecar.read_text(errors="replace")
-    except FileNotFoundError:
+        os.lstat(sidecar)
+    except OSError:  # none there (or a name too long to exist: writing it will say so)
         return None
-    except OSError:  # a folder of that name, no permission: not ours to touch either way
+    try:
+        text = images.read_photo(sidecar, MAX_SIDECAR_BYTES).decode(errors="replace")
+    except images.BadImageError:  # a folder, a FIFO, huge, no permission: not ours to touch
         return ""
-    match = re.search(rf'{MODEL_ATTRIBUTE}="([^"]*)"', text)
-    return match[1] if match else ""
+    if f'{MODEL_ATTRIBUTE}="' not in text:
+        return ""
+    match = re.search(rf'{attribute}="([^"]*)"', text)
+    return unescape(match[1], {"&quot;": '"'}) if match else ""
 
 
 def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
@@ -106,7 +131,7 @@ def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
     keywords = [name] + ([country] if country else [])
     hierarchy = "|".join(["Places", country, name] if country else ["Places", name])
     attributes = {
-        "landmark:Label": answer["label"],
+        LABEL_ATTRIBUTE: answer["label"],
         "landmark:Probability": f"{answer['probability']:.4f}",
         MODEL_ATTRIBUTE: model_id,
     }
@@ -150,8 +175,11 @@ def jpeg_with_gps(jpeg: bytes, latitude: float, longitude: float) -> bytes:
     segments and the compressed image data are copied byte for byte (no re-encoding)."""
     if jpeg[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG file")
-    exif = Image.open(io.BytesIO(jpeg)).getexif()
-    gps = exif.get_ifd(images.GPS_IFD)
+    try:
+        exif = Image.open(io.BytesIO(jpeg)).getexif()
+        gps = exif.get_ifd(images.GPS_IFD)
+    except Exception as e:  # junk after b"Exif\0\0": nothing to keep and nowhere to add GPS
+        raise ValueError(f"its EXIF block is unreadable ({e}): no GPS copy") from e
     gps.clear()
     gps.update(
         {
@@ -165,6 +193,11 @@ def jpeg_with_gps(jpeg: bytes, latitude: float, longitude: float) -> bytes:
     segments, data_start = _jpeg_segments(jpeg)
     kept = [s for s in segments if not (s[1] == 0xE1 and s[0][4:10] == b"Exif\x00\x00")]
     payload = exif.tobytes()  # b"Exif\0\0" + TIFF structure
+    if len(payload) + 2 > 0xFFFF:
+        raise ValueError(
+            f"its EXIF with GPS would be {len(payload):,} bytes, over the 65,533 bytes a JPEG "
+            "segment holds: no GPS copy"
+        )
     app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
     head = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF's APP0, where readers expect it
     before, after = [s[0] for s in kept[:head]], [s[0] for s in kept[head:]]
@@ -200,39 +233,87 @@ def model_id_of(source: str, info: dict[str, Any], torchscript: Path) -> str:
     return f"{Path(source).name}@{digest}"
 
 
-class Tagger:
-    """Writes the outcome for each photo: sidecar, report line, organized link, GPS copy."""
+@dataclasses.dataclass
+class Triage:
+    """What a photo needs: a report `row` (nothing to do), or scoring of its `data`, or, with
+    `answer` (from our own sidecar), only the outputs a former run did not finish."""
 
-    def __init__(self, cfg: TagConfig, model_id: str) -> None:
-        self.cfg, self.model_id = cfg, model_id
+    row: dict[str, Any] | None = None
+    data: bytes | None = None
+    answer: dict[str, Any] | None = None
+
+
+class Tagger:
+    """Writes the outcome for each photo: organized link, GPS copy, sidecar, report line."""
+
+    def __init__(self, cfg: TagConfig, model_id: str, metadata: ModelMetadata) -> None:
+        self.cfg, self.model_id, self.metadata = cfg, model_id, metadata
         self.organize = Path(cfg.organize) if cfg.organize else None
         self.gps_copies = Path(cfg.gps_copies) if cfg.gps_copies else None
         self.counts: dict[str, int] = {}
         report = Path(cfg.report)
         report.parent.mkdir(parents=True, exist_ok=True)
-        self.report = report.open("a")
+        files.end_last_line(report)
+        self.report = report.open("a", encoding="utf-8")
 
     def close(self) -> None:
         self.report.close()
 
-    def triage(self, photo: Path) -> tuple[dict[str, Any] | None, bytes | None]:
-        """(report row, None) when the photo needs no prediction, else (None, its bytes)."""
+    def outputs(self) -> list[Path]:
+        """The folders this run writes into besides the photos' own (never searched for photos)."""
+        return [p for p in (self.organize, self.gps_copies) if p is not None]
+
+    def triage(self, photo: Path) -> Triage:
+        """What `photo` needs, from its sidecar, its bytes and its EXIF GPS."""
         row = {"path": str(photo), "model": self.model_id}
         sidecar = sidecar_path(photo)
         owner = tagged_by(sidecar)
-        if owner == self.model_id:
-            return {**row, "status": "skipped", "sidecar": str(sidecar)}, None
         if owner == "":
             reason = f"{sidecar.name} exists and was not written by landmark: left alone"
-            return {**row, "status": "error", "error": reason}, None
+            return Triage({**row, "status": "error", "error": reason})
+        answer = self._answer_from(sidecar) if owner == self.model_id else None
+        if owner == self.model_id and (answer is None or not self._missing(photo, answer)):
+            return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
         try:
-            data = photo.read_bytes()
-        except OSError as e:  # vanished, permission denied, ...
-            return {**row, "status": "error", "error": f"{type(e).__name__}: {e.strerror}"}, None
+            data = images.read_photo(photo)
+        except images.BadImageError as e:  # vanished, no permission, a FIFO, too large, ...
+            return Triage({**row, "status": "error", "error": str(e)})
+        if answer is not None:
+            return Triage(data=data, answer=answer)
         gps = images.gps_coordinates(data)
         if gps and not self.cfg.overwrite_gps:
-            return {**row, "status": "has_gps", "photo_gps": list(gps)}, None
-        return None, data
+            return Triage({**row, "status": "has_gps", "photo_gps": list(gps)})
+        return Triage(data=data)
+
+    def _answer_from(self, sidecar: Path) -> dict[str, Any] | None:
+        """The answer our sidecar records (label, from which the rest follows)."""
+        label = _sidecar_attribute(sidecar, LABEL_ATTRIBUTE)
+        if label not in self.metadata.class_folders:
+            return None
+        probability = _sidecar_attribute(sidecar, "landmark:Probability") or "nan"
+        location = self.metadata.location(label)
+        name = self.metadata.class_names[self.metadata.class_folders.index(label)]
+        return {
+            "label": label, "name": name, "probability": float(probability), "known": True,
+            "location": dataclasses.asdict(location) if location else None, "top_k": [],
+        }  # fmt: skip
+
+    def _missing(self, photo: Path, answer: dict[str, Any]) -> list[str]:
+        """The requested outputs of a tagged photo that are not there (yet)."""
+        missing = []
+        if self.organize and self._organized(photo, answer) is None:
+            missing.append("organize")
+        if self._gps_copy_wanted(None, answer):
+            try:
+                data = images.read_photo(photo)
+                done = not self._gps_copy_wanted(data, answer) or self._gps_copy(
+                    photo, data, answer
+                )
+            except ValueError:  # no copy possible (its report line said why), or unreadable now
+                done = True
+            if not done:
+                missing.append("gps_copies")
+        return missing
 
     def record(self, photo: Path, data: bytes | None, answer: dict[str, Any]) -> dict[str, Any]:
         """Act on one prediction and write its report line. `data` (the photo's bytes) is read
@@ -253,63 +334,94 @@ class Tagger:
         if not answer["known"]:
             return self.write({**row, "status": "unsure"})
         try:
-            sidecar = sidecar_path(photo)
-            _write_atomically(sidecar, xmp_sidecar(answer, self.model_id).encode())
-            row["sidecar"] = str(sidecar)
             if self.organize:
                 row["organized"] = str(self._organize(photo, answer))
             if self.gps_copies and location and data is None:
-                data = photo.read_bytes()
-            if self.gps_copies and location and data[:2] == b"\xff\xd8":
-                copy = self._unique(self.gps_copies / photo.name, photo)
-                _write_atomically(
-                    copy, jpeg_with_gps(data, location["latitude"], location["longitude"])
-                )
-                row["gps_copy"] = str(copy)
-        except OSError as e:
+                data = images.read_photo(photo)
+            if self._gps_copy_wanted(data, answer):
+                try:
+                    row["gps_copy"] = str(self._write_gps_copy(photo, data, answer))
+                except ValueError as e:  # no room for GPS in its EXIF: the rest is still done
+                    row["gps_copy_error"] = str(e)
+            row["sidecar"] = str(self._write_sidecar(photo, answer))  # last: the photo is done
+        except (OSError, images.BadImageError) as e:
             return self.write({**row, "status": "error", "error": f"cannot write: {e}"})
         return self.write({**row, "status": "tagged"})
 
     def write(self, row: dict[str, Any]) -> dict[str, Any]:
-        self.report.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.report.write(files.json_line(row))
         self.report.flush()  # an interrupted run keeps every line written so far
         self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
         return row
 
+    def _write_sidecar(self, photo: Path, answer: dict[str, Any]) -> Path:
+        sidecar = sidecar_path(photo)
+        content = xmp_sidecar(answer, self.model_id).encode()
+        try:  # replace only a sidecar of ours: one another program wrote since triage is kept
+            files.publish(content, sidecar, replace=lambda path: bool(tagged_by(path)))
+        except FileExistsError as e:
+            raise OSError(f"{sidecar.name} appeared during the run, not written by landmark: "
+                          "left alone") from e  # fmt: skip
+        return sidecar
+
     def _organize(self, photo: Path, answer: dict[str, Any]) -> Path:
+        done = self._organized(photo, answer)
+        if done is not None:
+            return done  # an earlier run organized it
+        for target in self._organize_targets(photo, answer):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.cfg.copy:
+                    files.publish_copy(photo, target)
+                else:
+                    target.symlink_to(photo.resolve())  # atomic, and never replaces a file
+                return target
+            except FileExistsError:
+                continue  # another photo of that name got there first
+        raise OSError(f"no free name for {photo.name} in {target.parent}")
+
+    def _organized(self, photo: Path, answer: dict[str, Any]) -> Path | None:
+        """Where an earlier run organized `photo`, if it did."""
+        for target in self._organize_targets(photo, answer):
+            if self.cfg.copy and files.same_content(target, photo):
+                return target
+            if not self.cfg.copy and target.is_symlink() and files.links_to(target, photo):
+                return target
+        return None
+
+    def _organize_targets(self, photo: Path, answer: dict[str, Any]) -> list[Path]:
         country = (answer.get("location") or {}).get("country") or "Unknown country"
-        folder = self.organize / _safe(country) / _safe(answer["name"])
-        target = self._unique(folder / photo.name, photo)
-        if target.exists() or target.is_symlink():
-            return target  # the same photo, organized by an earlier run
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if self.cfg.copy:
-            shutil.copy2(photo, target)
-        else:
-            target.symlink_to(photo.resolve())
-        return target
+        folder = self.organize / files.safe_name(country) / files.safe_name(answer["name"])
+        return files.names_for(folder, photo)
+
+    def _gps_copy_wanted(self, data: bytes | None, answer: dict[str, Any]) -> bool:
+        wanted = self.gps_copies is not None and bool(answer.get("location"))
+        return wanted and (data is None or data[:2] == b"\xff\xd8")
+
+    def _gps_copy(self, photo: Path, data: bytes, answer: dict[str, Any]) -> Path | None:
+        """Where an earlier run wrote `photo`'s GPS copy, if it did."""
+        content = self._gps_content(data, answer)
+        for target in files.names_for(self.gps_copies, photo):
+            if files.has_content(target, content):
+                return target
+        return None
+
+    def _write_gps_copy(self, photo: Path, data: bytes, answer: dict[str, Any]) -> Path:
+        content = self._gps_content(data, answer)
+        for target in files.names_for(self.gps_copies, photo):
+            if files.has_content(target, content):
+                return target
+            try:
+                files.publish(content, target, replace=lambda path: False)
+                return target
+            except FileExistsError:
+                continue
+        raise OSError(f"no free name for {photo.name} in {self.gps_copies}")
 
     @staticmethod
-    def _unique(target: Path, photo: Path) -> Path:
-        """`target`, or a name with a short hash of the photo's path when another photo of the
-        same name got there first."""
-        if not (target.exists() or target.is_symlink()):
-            return target
-        if target.is_symlink() and target.resolve() == photo.resolve():
-            return target
-        digest = hashlib.sha1(str(photo.resolve()).encode()).hexdigest()[:8]
-        return target.with_name(f"{target.stem}-{digest}{target.suffix}")
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[/\\:\x00]", "_", name).strip() or "_"
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
+    def _gps_content(data: bytes, answer: dict[str, Any]) -> bytes:
+        location = answer["location"]
+        return jpeg_with_gps(data, location["latitude"], location["longitude"])
 
 
 def tag_photos(
@@ -322,15 +434,31 @@ def tag_photos(
 
     def pending() -> Iterator[tuple[Path, bytes]]:
         for i, photo in enumerate(bar, 1):
-            row, data = tagger.triage(photo)
-            if row is None:
-                yield photo, data
-            else:
-                tagger.write(row)
+            todo = None
+            with _one_line_at_most(tagger, photo):
+                todo = tagger.triage(photo)
+                if todo.row is not None:
+                    tagger.write(todo.row)
+                elif todo.answer is not None:  # tagged before: only outputs are missing
+                    tagger.record(photo, todo.data, todo.answer)
+            if todo is not None and todo.row is None and todo.answer is None:
+                yield photo, todo.data
             bar.set_postfix(photos_s=f"{i / (time.perf_counter() - start):.1f}")
 
     for photo, data, answer in scorer.score(pending(), tagger.cfg.top_k, threshold):
-        tagger.record(photo, data, answer)
+        with _one_line_at_most(tagger, photo):
+            tagger.record(photo, data, answer)
+
+
+@contextlib.contextmanager
+def _one_line_at_most(tagger: Tagger, photo: Path) -> Iterator[None]:
+    """A photo whose handling fails unexpectedly costs one report line, not the run."""
+    try:
+        yield
+    except Exception as e:
+        log.exception("%s", photo)
+        row = {"path": str(photo), "model": tagger.model_id, "status": "error"}
+        tagger.write({**row, "error": f"unexpected {type(e).__name__}: {e}"})
 
 
 def tag(paths: list[Path], cfg: TagConfig) -> dict[str, int]:
@@ -345,12 +473,15 @@ def tag(paths: list[Path], cfg: TagConfig) -> dict[str, int]:
     if cfg.engine == "spark":
         from landmark.runtime.spark import SparkScorer  # pyspark is large: only when asked
 
-        scorer: Scorer = SparkScorer(cfg.model, predictor.metadata, cfg.spark_master)
+        scorer: Scorer = SparkScorer(cfg.model, predictor.metadata, cfg.spark_master, cfg.spark_ui)
     else:
         scorer = LocalScorer(predictor)
-    photos, problems = find_photos(paths)
+    tagger = Tagger(cfg, model_id, predictor.metadata)
+    photos, problems = find_photos(paths, exclude=tagger.outputs())
+    removed = files.sweep({p.parent for p in photos} | set(files.folders_below(tagger.outputs())))
     log.info("%d photos to tag with %s (%s engine)", len(photos), model_id, cfg.engine)
-    tagger = Tagger(cfg, model_id)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
     start = time.perf_counter()
     try:
         for row in problems:
