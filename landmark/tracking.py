@@ -212,7 +212,7 @@ def _photo_column(model_input: Any, max_rows: int = SERVE.max_rows) -> list[byte
         if isinstance(value, str):  # base64 text that MLflow did not decode for us
             try:
                 value = base64.b64decode(value, validate=True)
-            except binascii.Error as e:
+            except (binascii.Error, ValueError) as e:  # ValueError: not ASCII
                 raise BadRequestError(f"row {row}: 'image' is not valid base64: {e}") from e
         if not isinstance(value, bytes | bytearray):
             raise BadRequestError(

@@ -57,7 +57,8 @@ def test_conda_env_pins_match_requirements():
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     conda_pins = pins(pip_section)
     assert conda_pins, "conda.yaml pins nothing"
-    test_only = {"pytest", "pytest-timeout", "ruff", "efficientnet-lite-pytorch", "selenium"}
+    test_only = {"pytest", "pytest-timeout", "ruff", "efficientnet-lite-pytorch", "selenium",
+                 "hypothesis"}  # fmt: skip
     assert conda_pins == {k: v for k, v in requirements.items() if k not in test_only}
 
 
