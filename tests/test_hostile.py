@@ -18,8 +18,10 @@ import requests
 from conftest import CLASSES, free_port, make_dataset, photo_bytes, start, stop, train_tiny_champion
 from hostile import ANSWER, PHOTOS, make_library, photo_corpus, remove_tree, tree_snapshot
 
-from landmark.config import TagConfig
+from landmark import tracking
+from landmark.config import ServeConfig, TagConfig
 from landmark.runtime import tagging
+from landmark.runtime.predictor import Predictor
 
 BIN = Path(sys.executable).parent
 CORPUS = photo_corpus()
@@ -215,3 +217,25 @@ def test_prepare_reports_each_bad_file_by_name_and_keeps_the_rest(champion, tmp_
         else:
             assert expected in bad[relative], (kind, bad.get(relative))
     assert tree_snapshot(root) == before
+
+
+def test_a_short_load_test_gets_every_good_photo_right_and_no_5xx(champion, endpoint):
+    """benchmarks/load.py for a few seconds: 8 clients mixing good photos, bad photos and
+    requests over the row limit. Correctness only; the figures are the benchmark's."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import load
+
+    url, server = endpoint
+    model, env, tmp = champion
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        path, _ = tracking.fetch_model(model, tmp / "load-model")
+    predictor = Predictor.load(path)
+    photos = [photo_bytes(size=(320, 240), colour=c, seed=s) for s, c in
+              enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)])]  # fmt: skip
+    good = [(p, predictor.predict([p])[0]["label"]) for p in photos]
+    result = load.load(url, load.request_mix(good, ServeConfig().max_rows), clients=8, seconds=8)
+    statuses = result["statuses"]
+    assert result["wrong"] == [] and not [code for code in statuses if code >= 500]
+    assert statuses[200] >= 8 and statuses[400] >= 8  # both kinds really went through
+    assert server.poll() is None
