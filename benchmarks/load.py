@@ -92,19 +92,22 @@ def load(url: str, mix, clients: int, seconds: float, seed: int = 0) -> dict:
     return {"statuses": statuses, "latencies": latencies, "wrong": wrong, "seconds": seconds}
 
 
-def peak_rss(pid: int) -> int:
-    """Peak resident memory (VmHWM) of process `pid` and all its descendants, in bytes."""
-    total, stack = 0, [pid]
+def peak_rss(pid: int) -> dict[str, int]:
+    """Peak resident memory (VmHWM, bytes) of process `pid` and each of its descendants, by
+    "pid command"."""
+    peaks, stack = {}, [pid]
     while stack:
         current = stack.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            total += int(status.split("VmHWM:")[1].split()[0]) * 1024
+            command = Path(f"/proc/{current}/cmdline").read_bytes().split(b"\0")
+            name = " ".join(os.path.basename(a.decode()) for a in command[:3])
+            peaks[f"{current} {name}"] = int(status.split("VmHWM:")[1].split()[0]) * 1024
             for task in Path(f"/proc/{current}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, IndexError):
             continue
-    return total
+    return peaks
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -142,21 +145,37 @@ def main() -> None:
     chosen = random.Random(0).sample(paths, args.photos)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(args.model, dst_path=tmp)
-        predictor = Predictor.load(next(Path(local).rglob("*.pt")))
+        torchscript = next(Path(local).rglob("*.pt"))
+        predictor = Predictor.load(torchscript)
         photos = [jpeg(p, 1024) for p in chosen]
         good = [(p, predictor.predict([p])[0]["label"]) for p in photos]
-        process, url = serve(args.model, Path(tmp) / "serve.log")
+        served = relog(torchscript, predictor.metadata, photos[0], Path(tmp) / "store")
+        process, url = serve(served, Path(tmp) / "serve.log")
         try:
             mix = request_mix(good, ServeConfig().max_rows)
-            print(
-                f"model {args.model}; {args.clients} clients for {args.seconds:.0f} s; "
-                f"{len(good)} good 1024-px JPEGs, {len(mix) - len(good)} bad or oversized"
-            )
+            print(f"model {args.model} (its TorchScript logged again by this checkout); "
+                  f"{args.clients} clients for {args.seconds:.0f} s; {len(good)} good 1024-px "
+                  f"JPEGs, {len(mix) - len(good)} bad or oversized requests")  # fmt: skip
             report(load(url, mix, args.clients, args.seconds))
-            print(f"peak RSS of the serving processes: {peak_rss(process.pid) / 1e6:.0f} MB")
+            for name, peak in peak_rss(process.pid).items():
+                print(f"peak RSS {peak / 1e6:6.0f} MB  {name}")
         finally:
             os.killpg(process.pid, signal.SIGTERM)  # the server and its workers
             process.wait(30)
+
+
+def relog(torchscript: Path, metadata, example: bytes, store: Path) -> str:
+    """`torchscript` logged by this checkout's code to a throw-away store; its URI. A logged
+    model carries the code it was logged with (MLflow's `code_paths`), so serving a version
+    logged earlier would measure that earlier code."""
+    from landmark import tracking
+
+    store.mkdir()
+    os.chdir(store)  # the store's artifacts go to ./mlruns here
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with mlflow.start_run():
+        return tracking.log_model(torchscript, metadata, example)
 
 
 if __name__ == "__main__":
