@@ -12,11 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import export_tiny_model, photo_bytes, tiny_metadata
+from conftest import export_tiny_model, gps_jpeg, photo_bytes, tiny_metadata
 from hostile import DEEP, photo_corpus, remove_tree
 
 from landmark.config import TagConfig
-from landmark.runtime import files, tagging
+from landmark.runtime import files, images, tagging
 from landmark.runtime.contract import Location
 from landmark.runtime.predictor import Predictor
 
@@ -94,18 +94,18 @@ def test_an_interrupted_copy_never_counts_as_done(model, tmp_path, monkeypatch):
     every rerun took for done."""
     made = photos(tmp_path / "photos", 2)
     cfg = config(model, tmp_path, organize=tmp_path / "by-place", copy=True)
-    real_copy = shutil.copy2
+    real_copy = shutil.copyfileobj
 
     def half_then_ctrl_c(source, target):
-        Path(target).write_bytes(Path(source).read_bytes()[:500])
+        target.write(source.read()[:500])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(files.shutil, "copy2", half_then_ctrl_c)
+    monkeypatch.setattr(files.shutil, "copyfileobj", half_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         tagging.tag([tmp_path / "photos"], cfg)
     left = [p for p in (tmp_path / "by-place").rglob("*") if p.is_file()]
     assert left == []  # neither a truncated copy nor its temporary file
-    monkeypatch.setattr(files.shutil, "copy2", real_copy)
+    monkeypatch.setattr(files.shutil, "copyfileobj", real_copy)
     assert tagging.tag([tmp_path / "photos"], cfg) == {"tagged": 2}
     copies = sorted(p for p in (tmp_path / "by-place").rglob("*.jpg"))
     assert [c.read_bytes() for c in copies] == [p.read_bytes() for p in made]
@@ -195,3 +195,55 @@ def test_landmark_and_country_names_never_leave_the_organize_folder(tmp_path):
         assert all(len(part.encode()) <= 255 for part in target.parts)
         assert target.is_symlink() and target.resolve() == Path(row["path"]).resolve()
     assert files.safe_name("..") == "__" and files.safe_name(".") == "_"
+
+
+def test_a_half_written_last_report_line_is_dropped_before_appending(model, tmp_path):
+    """A run killed inside a report write leaves a partial last line; appending after it
+    would glue the next line to it."""
+    report = tmp_path / "report.jsonl"
+    report.write_text('{"path": "a.jpg", "status": "tagged"}\n{"path": "b.jp')
+    photos(tmp_path / "photos", 1)
+    tagging.tag([tmp_path / "photos"], config(model, tmp_path))
+    lines = report.read_text().splitlines()
+    assert [json.loads(line)["path"].endswith(n) for line, n in zip(lines, ["a.jpg", "p0.jpg"],
+            strict=True)] == [True, True]  # fmt: skip
+
+
+def test_scoring_that_fails_for_one_photo_costs_that_photo_only(model, tmp_path, monkeypatch):
+    made = photos(tmp_path / "photos", 3)
+    bad = made[1].read_bytes()
+    original = Predictor.scores
+
+    def scores(self, photo, row=0):
+        if photo == bad:
+            raise RuntimeError("out of memory on the model's thread")
+        return original(self, photo, row)
+
+    monkeypatch.setattr(Predictor, "scores", scores)
+    assert tagging.tag([tmp_path / "photos"], config(model, tmp_path)) == {"tagged": 2, "error": 1}
+    assert "scoring failed: RuntimeError" in rows(tmp_path / "report.jsonl")["p1.jpg"]["error"]
+
+
+def test_a_photo_whose_sidecar_cannot_be_written_gets_no_other_output(model, tmp_path):
+    """Checked before anything is written: no organized copy is left without its sidecar."""
+    long = tmp_path / "photos" / ("n" * 249 + ".jpg")  # its sidecar's name: 257 bytes
+    long.parent.mkdir()
+    long.write_bytes(photo_bytes(seed=9))
+    cfg = config(model, tmp_path, organize=tmp_path / "by-place", copy=True)
+    assert tagging.tag([tmp_path / "photos"], cfg) == {"error": 1}
+    assert "too long" in rows(tmp_path / "report.jsonl")[long.name]["error"]
+    assert not (tmp_path / "by-place").exists()
+
+
+def test_reading_a_photo_s_gps_never_decodes_its_pixels(monkeypatch):
+    """Before, `getexif()` of a PNG decoded the whole image, past every pixel limit (a 334 KB
+    9,000 x 9,000 px PNG: 310 MB), for every PNG the tagger triaged and the app answered."""
+    from PIL import ImageFile
+
+    plain = [photo_bytes(fmt=fmt) for fmt in ("PNG", "JPEG", "WEBP")]  # (saving decodes)
+    with_gps = gps_jpeg((1, 2, 3), 10.0, 20.0)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.format))
+    assert [images.gps_coordinates(photo) for photo in plain] == [None, None, None]
+    assert images.gps_coordinates(with_gps) == pytest.approx((10, 20))
+    assert decoded == []

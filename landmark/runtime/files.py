@@ -79,37 +79,49 @@ def has_content(target: Path, content: bytes) -> bool:
         return False
 
 
-def temporary(folder: Path) -> Path:
-    """A new empty temporary file in `folder`: a random name, created with O_EXCL and
-    O_NOFOLLOW (tempfile), named so that a later run can tell it is stale (`sweep`)."""
+def temporary(folder: Path) -> tuple[int, Path]:
+    """A new empty temporary file in `folder`, open for writing: a random name, created with
+    O_EXCL and O_NOFOLLOW (tempfile), named so that a later run can tell it is stale (`sweep`).
+    Write through the descriptor, never by name: the name may be swapped meanwhile."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp")
-    os.close(fd)
-    return Path(name)
+    return fd, Path(name)
 
 
 def publish(content: bytes, path: Path, replace: Callable[[Path], bool]) -> None:
     """Write `content` to `path` all at once: to a temporary file, then linked into place if
     `path` is free, or renamed over it if `replace(path)` allows; else FileExistsError."""
-    tmp = temporary(path.parent)
+    fd, tmp = temporary(path.parent)
     try:
-        tmp.write_bytes(content)
-        _link_or_replace(tmp, path, replace)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(content)
+        _link_or_replace(fd, tmp, path, replace)
     finally:
+        os.close(fd)
         tmp.unlink(missing_ok=True)
 
 
 def publish_copy(photo: Path, target: Path) -> None:
     """A copy of `photo` (with its times) at `target`, which must be free; never half-written."""
-    tmp = temporary(target.parent)
+    fd, tmp = temporary(target.parent)
     try:
-        shutil.copy2(photo, tmp)
-        _link_or_replace(tmp, target, replace=lambda path: False)
+        with open(photo, "rb") as source, os.fdopen(fd, "wb", closefd=False) as f:
+            shutil.copyfileobj(source, f)
+            f.flush()
+            info = os.fstat(source.fileno())
+        os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
+        _link_or_replace(fd, tmp, target, replace=lambda path: False)
     finally:
+        os.close(fd)
         tmp.unlink(missing_ok=True)
 
 
-def _link_or_replace(tmp: Path, path: Path, replace: Callable[[Path], bool]) -> None:
+def _link_or_replace(fd: int, tmp: Path, path: Path, replace: Callable[[Path], bool]) -> None:
+    """Put the file open as `fd` (named `tmp`) at `path`, after checking that `tmp` still is
+    that file (not a link someone swapped in)."""
+    written, named = os.fstat(fd), os.lstat(tmp)
+    if (written.st_dev, written.st_ino) != (named.st_dev, named.st_ino):
+        raise OSError(f"{tmp} was replaced while being written: not published")
     try:
         os.link(tmp, path)  # fails if the name is taken, unlike rename
         return

@@ -16,18 +16,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from xml.sax.saxutils import escape, quoteattr, unescape
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from landmark import tracking
@@ -35,13 +31,16 @@ from landmark.config import TagConfig
 from landmark.runtime import files, images
 from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import Predictor
+from landmark.runtime.sidecars import (
+    LABEL_ATTRIBUTE,
+    jpeg_with_gps,
+    sidecar_attribute,
+    sidecar_path,
+    tagged_by,
+    xmp_sidecar,
+)
 
 log = logging.getLogger(__name__)
-
-MODEL_ATTRIBUTE = "landmark:Model"
-LABEL_ATTRIBUTE = "landmark:Label"
-MAX_SIDECAR_BYTES = 1_000_000  # a larger .xmp is not one of ours
-NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
 
 
 class Scorer(Protocol):
@@ -64,7 +63,11 @@ class LocalScorer:
 
     def score(self, photos, top_k, threshold):
         for photo, data in photos:
-            (answer,) = self.predictor.predict([data], top_k, threshold, errors="report")
+            try:
+                (answer,) = self.predictor.predict([data], top_k, threshold, errors="report")
+            except Exception as e:  # not the photo's fault (a bad photo answers an error)
+                log.exception("scoring %s failed", photo)
+                answer = {"error": f"scoring failed: {type(e).__name__}: {e}"}
             yield photo, data, answer
 
 
@@ -95,134 +98,6 @@ def _walk(root: Path, skip: set[Path], problems: list[dict[str, Any]]) -> Iterat
     for path in files.walk(root, lambda folder: folder.resolve() in skip, unreadable):
         if path.suffix.lower() in images.PHOTO_SUFFIXES:
             yield path
-
-
-def sidecar_path(photo: Path) -> Path:
-    """`photo.jpg` -> `photo.jpg.xmp`, the name digiKam and darktable look for."""
-    return photo.with_name(photo.name + ".xmp")
-
-
-def tagged_by(sidecar: Path) -> str | None:
-    """The model recorded in one of our sidecars; "" for someone else's sidecar (or anything
-    else of that name); None if there is none."""
-    return _sidecar_attribute(sidecar, MODEL_ATTRIBUTE)
-
-
-def _sidecar_attribute(sidecar: Path, attribute: str) -> str | None:
-    """An attribute of one of our sidecars ("" if not ours or absent; None: no such file)."""
-    try:
-        os.lstat(sidecar)
-    except OSError:  # none there (or a name too long to exist: writing it will say so)
-        return None
-    try:
-        text = images.read_photo(sidecar, MAX_SIDECAR_BYTES).decode(errors="replace")
-    except images.BadImageError:  # a folder, a FIFO, huge, no permission: not ours to touch
-        return ""
-    if f'{MODEL_ATTRIBUTE}="' not in text:
-        return ""
-    match = re.search(rf'{attribute}="([^"]*)"', text)
-    return unescape(match[1], {"&quot;": '"'}) if match else ""
-
-
-def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
-    """XMP with the landmark as keywords, its country and its coordinates as the photo's GPS."""
-    location = answer["location"] or {}
-    name, country = answer["name"], location.get("country", "")
-    keywords = [name] + ([country] if country else [])
-    hierarchy = "|".join(["Places", country, name] if country else ["Places", name])
-    attributes = {
-        LABEL_ATTRIBUTE: answer["label"],
-        "landmark:Probability": f"{answer['probability']:.4f}",
-        MODEL_ATTRIBUTE: model_id,
-    }
-    if location:
-        attributes["exif:GPSLatitude"] = _xmp_coordinate(location["latitude"], "NS")
-        attributes["exif:GPSLongitude"] = _xmp_coordinate(location["longitude"], "EW")
-        attributes["exif:GPSVersionID"] = "2.3.0.0"
-    if country:
-        attributes["photoshop:Country"] = country
-    attrs = "\n".join(f"    {k}={quoteattr(v)}" for k, v in attributes.items())
-    items = "".join(f"<rdf:li>{escape(k)}</rdf:li>" for k in keywords)
-    return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
-<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="landmark">
- <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
-  <rdf:Description rdf:about=""
-    xmlns:dc="http://purl.org/dc/elements/1.1/"
-    xmlns:lr="http://ns.adobe.com/lightroom/1.0/"
-    xmlns:exif="http://ns.adobe.com/exif/1.0/"
-    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"
-    xmlns:landmark="{NAMESPACE}"
-{attrs}>
-   <dc:subject><rdf:Bag>{items}</rdf:Bag></dc:subject>
-   <lr:hierarchicalSubject><rdf:Bag><rdf:li>{escape(hierarchy)}</rdf:li></rdf:Bag></lr:hierarchicalSubject>
-  </rdf:Description>
- </rdf:RDF>
-</x:xmpmeta>
-<?xpacket end="w"?>
-"""
-
-
-def _xmp_coordinate(value: float, hemispheres: str) -> str:
-    """XMP's GPS form "DDD,MM.mmmmmK" (degrees, decimal minutes, hemisphere)."""
-    hemisphere = hemispheres[0] if value >= 0 else hemispheres[1]
-    degrees = int(abs(value))
-    minutes = (abs(value) - degrees) * 60
-    return f"{degrees},{minutes:.5f}{hemisphere}"
-
-
-def jpeg_with_gps(jpeg: bytes, latitude: float, longitude: float) -> bytes:
-    """The same JPEG with GPS tags in its EXIF: only the EXIF segment changes; the other
-    segments and the compressed image data are copied byte for byte (no re-encoding)."""
-    if jpeg[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG file")
-    try:
-        exif = Image.open(io.BytesIO(jpeg)).getexif()
-        gps = exif.get_ifd(images.GPS_IFD)
-    except Exception as e:  # junk after b"Exif\0\0": nothing to keep and nowhere to add GPS
-        raise ValueError(f"its EXIF block is unreadable ({e}): no GPS copy") from e
-    gps.clear()
-    gps.update(
-        {
-            0: b"\x02\x03\x00\x00",  # GPSVersionID 2.3
-            1: "N" if latitude >= 0 else "S",
-            2: _dms(latitude),
-            3: "E" if longitude >= 0 else "W",
-            4: _dms(longitude),
-        }
-    )
-    segments, data_start = _jpeg_segments(jpeg)
-    kept = [s for s in segments if not (s[1] == 0xE1 and s[0][4:10] == b"Exif\x00\x00")]
-    payload = exif.tobytes()  # b"Exif\0\0" + TIFF structure
-    if len(payload) + 2 > 0xFFFF:
-        raise ValueError(
-            f"its EXIF with GPS would be {len(payload):,} bytes, over the 65,533 bytes a JPEG "
-            "segment holds: no GPS copy"
-        )
-    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
-    head = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF's APP0, where readers expect it
-    before, after = [s[0] for s in kept[:head]], [s[0] for s in kept[head:]]
-    return b"\xff\xd8" + b"".join(before) + app1 + b"".join(after) + jpeg[data_start:]
-
-
-def _jpeg_segments(jpeg: bytes) -> tuple[list[tuple[bytes, int]], int]:
-    """The marker segments between SOI and the first scan, and where the scan starts."""
-    pos, segments = 2, []
-    while pos + 4 <= len(jpeg) and jpeg[pos] == 0xFF:
-        marker = jpeg[pos + 1]
-        if marker == 0xDA:  # start of scan: compressed data follows
-            break
-        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-        segments.append((jpeg[pos : pos + 2 + length], marker))
-        pos += 2 + length
-    return segments, pos
-
-
-def _dms(value: float) -> tuple[float, float, float]:
-    value = abs(value)
-    degrees = int(value)
-    minutes = int((value - degrees) * 60)
-    seconds = round(((value - degrees) * 60 - minutes) * 60, 4)
-    return float(degrees), float(minutes), seconds
 
 
 def model_id_of(source: str, info: dict[str, Any], torchscript: Path) -> str:
@@ -271,6 +146,9 @@ class Tagger:
         if owner == "":
             reason = f"{sidecar.name} exists and was not written by landmark: left alone"
             return Triage({**row, "status": "error", "error": reason})
+        problem = _unwritable(sidecar)
+        if problem:  # known before any output is written, so none is left without its sidecar
+            return Triage({**row, "status": "error", "error": f"cannot write: {problem}"})
         answer = self._answer_from(sidecar) if owner == self.model_id else None
         if owner == self.model_id and (answer is None or not self._missing(photo, answer)):
             return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
@@ -287,14 +165,17 @@ class Tagger:
 
     def _answer_from(self, sidecar: Path) -> dict[str, Any] | None:
         """The answer our sidecar records (label, from which the rest follows)."""
-        label = _sidecar_attribute(sidecar, LABEL_ATTRIBUTE)
+        label = sidecar_attribute(sidecar, LABEL_ATTRIBUTE)
         if label not in self.metadata.class_folders:
             return None
-        probability = _sidecar_attribute(sidecar, "landmark:Probability") or "nan"
+        try:
+            probability = float(sidecar_attribute(sidecar, "landmark:Probability") or "")
+        except ValueError:  # edited by hand: the label is what matters
+            probability = 0.0
         location = self.metadata.location(label)
         name = self.metadata.class_names[self.metadata.class_folders.index(label)]
         return {
-            "label": label, "name": name, "probability": float(probability), "known": True,
+            "label": label, "name": name, "probability": probability, "known": True,
             "location": dataclasses.asdict(location) if location else None, "top_k": [],
         }  # fmt: skip
 
@@ -307,7 +188,7 @@ class Tagger:
             try:
                 data = images.read_photo(photo)
                 done = not self._gps_copy_wanted(data, answer) or self._gps_copy(
-                    photo, data, answer
+                    photo, data, answer, write=False
                 )
             except ValueError:  # no copy possible (its report line said why), or unreadable now
                 done = True
@@ -340,7 +221,7 @@ class Tagger:
                 data = images.read_photo(photo)
             if self._gps_copy_wanted(data, answer):
                 try:
-                    row["gps_copy"] = str(self._write_gps_copy(photo, data, answer))
+                    row["gps_copy"] = str(self._gps_copy(photo, data, answer))
                 except ValueError as e:  # no room for GPS in its EXIF: the rest is still done
                     row["gps_copy_error"] = str(e)
             row["sidecar"] = str(self._write_sidecar(photo, answer))  # last: the photo is done
@@ -398,30 +279,38 @@ class Tagger:
         wanted = self.gps_copies is not None and bool(answer.get("location"))
         return wanted and (data is None or data[:2] == b"\xff\xd8")
 
-    def _gps_copy(self, photo: Path, data: bytes, answer: dict[str, Any]) -> Path | None:
-        """Where an earlier run wrote `photo`'s GPS copy, if it did."""
+    def _gps_copy(
+        self, photo: Path, data: bytes, answer: dict[str, Any], write: bool = True
+    ) -> Path | None:
+        """Where `photo`'s GPS copy is: written by an earlier run, else (`write`) now."""
         content = self._gps_content(data, answer)
         for target in files.names_for(self.gps_copies, photo):
             if files.has_content(target, content):
                 return target
-        return None
-
-    def _write_gps_copy(self, photo: Path, data: bytes, answer: dict[str, Any]) -> Path:
-        content = self._gps_content(data, answer)
-        for target in files.names_for(self.gps_copies, photo):
-            if files.has_content(target, content):
-                return target
+            if not write:
+                continue
             try:
                 files.publish(content, target, replace=lambda path: False)
                 return target
             except FileExistsError:
-                continue
-        raise OSError(f"no free name for {photo.name} in {self.gps_copies}")
+                continue  # another photo of that name got there first
+        if write:
+            raise OSError(f"no free name for {photo.name} in {self.gps_copies}")
+        return None
 
     @staticmethod
     def _gps_content(data: bytes, answer: dict[str, Any]) -> bytes:
         location = answer["location"]
         return jpeg_with_gps(data, location["latitude"], location["longitude"])
+
+
+def _unwritable(sidecar: Path) -> str:
+    """Why the sidecar cannot be written ("" if it can, as far as can be known beforehand)."""
+    if len(os.fsencode(sidecar.name)) > files.MAX_NAME_BYTES:
+        return f"the sidecar's name would be too long (over {files.MAX_NAME_BYTES} bytes)"
+    if not os.access(sidecar.parent, os.W_OK):
+        return f"{sidecar.parent} is not writable (read-only folder?)"
+    return ""
 
 
 def tag_photos(
