@@ -75,9 +75,11 @@ def serve(app) -> tuple[str, uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
+    for _ in range(600):  # 30 s
+        if server.started:
+            return f"http://127.0.0.1:{port}", server, thread
         threading.Event().wait(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
+    raise TimeoutError("the app did not start")
 
 
 @pytest.fixture
@@ -140,9 +142,10 @@ def test_an_oversized_upload_is_refused_before_its_body_is_read(endpoint, app_fo
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"x-filename: huge.jpg\r\nContent-Length: 60000000\r\n\r\n")  # fmt: skip
-        reply = b""
-        while b"}" not in reply:  # answered with no byte of the body sent
-            reply += conn.recv(4096)
+        reply, chunk = b"", b"-"
+        while b"}" not in reply and chunk:  # answered with no byte of the body sent
+            chunk = conn.recv(4096)
+            reply += chunk
     reply = reply.decode()
     assert reply.startswith("HTTP/1.1 413")
     assert "huge.jpg is larger than 1 MB" in reply

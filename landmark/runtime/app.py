@@ -30,7 +30,7 @@ from landmark.runtime.predictor import BadRequestError, Predictor
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_TIMEOUT = 60  # seconds; `mlflow models serve` gives up after 60 s too
+ENDPOINT_TIMEOUT = 75  # seconds: longer than `mlflow models serve`'s own 60, whose 504 we relay
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg"}
 
@@ -191,7 +191,7 @@ def create_app(
             return JSONResponse({"error": f"{name}: {reason}"}, status_code=400)
         except EndpointError as e:
             return JSONResponse({"error": f"{name}: {e}"}, status_code=e.status)
-        gps = images.gps_coordinates(photo)
+        gps = await run_in_threadpool(images.gps_coordinates, photo)
         answer["photo_gps"] = {"latitude": gps[0], "longitude": gps[1]} if gps else None
         return JSONResponse(answer)
 

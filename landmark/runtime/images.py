@@ -10,7 +10,6 @@ import io
 import logging
 import os
 import stat
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,30 +98,44 @@ def load_rgb(
     data = read_photo(source) if isinstance(source, (str, Path)) else source
     if len(data) == 0:
         raise BadImageError("zero-byte file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(data)
-        reduced = bool(draft_size) and img.format in DRAFT_FORMATS
-        _check_header(img, min_side, max_pixels if reduced else min(max_pixels, max_full_pixels))
-        try:
-            if reduced:
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            orientation = _orientation(img)  # after load: a PNG may keep its EXIF after the pixels
-            img = _reduce(img, draft_size) if draft_size else img
-            for method in UPRIGHT.get(orientation, ()):
-                img = img.transpose(method)
-            return to_rgb(img)
-        except MemoryError as e:
-            raise BadImageError(f"not enough memory to decode {img.width}x{img.height} px") from e
-        except Exception as e:  # PIL and its codecs raise many types for bad data
-            raise BadImageError(f"truncated or corrupt {img.format} data: {e}") from e
+    img = _open(data)
+    reduced = bool(draft_size) and img.format in DRAFT_FORMATS
+    _check_header(img, min_side, max_pixels if reduced else min(max_pixels, max_full_pixels))
+    try:
+        if reduced:
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        orientation = _orientation(img)  # after load: a PNG may keep its EXIF after the pixels
+        img = _reduce(img, draft_size) if draft_size else img
+        for method in UPRIGHT.get(orientation, ()):
+            img = img.transpose(method)
+        return to_rgb(img)
+    except MemoryError as e:
+        raise BadImageError(f"not enough memory to decode {img.width}x{img.height} px") from e
+    except Exception as e:  # PIL and its codecs raise many types for bad data
+        raise BadImageError(f"truncated or corrupt {img.format} data: {e}") from e
+
+
+def decoded_pixels(data: bytes, draft_size: int | None = None) -> int:
+    """How many pixels `load_rgb(data, draft_size=...)` would decode, from the header alone
+    (0 if there is none: decoding will refuse it at once). JPEGs count at their DCT-scaled
+    size (1/2, 1/4 or 1/8 a side)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+    except Exception:  # no header: refused before any pixel is decoded
+        return 0
+    scale = 1
+    if draft_size and img.format in DRAFT_FORMATS:
+        while scale < 8 and min(width, height) // (scale * 2) >= draft_size:
+            scale *= 2
+    return (width // scale) * (height // scale)
 
 
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: refused at once
         raise BadImageError(f"too large (decompression bomb): {e}") from e
     except Exception as e:  # PIL raises several types for unreadable data
         kind = _signature(data)
@@ -150,11 +163,7 @@ def _check_header(img: Image.Image, min_side: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise BadImageError(
             f"too large: {width}x{height} = {width * height:,} px > {max_pixels:,} for a "
-            f"{img.format} decoded at full size (possible decompression bomb; raise the "
-            "photo limits if it is genuine: README, Safety)"
-            if img.format not in DRAFT_FORMATS
-            else f"too large: {width}x{height} = {width * height:,} px > {max_pixels:,} "
-            "(possible decompression bomb; raise max_image_pixels if the photo is genuine)"
+            f"{img.format} (a decompression bomb? the limits and how to raise them: README, Safety)"
         )
 
 
@@ -215,7 +224,9 @@ def gps_coordinates(data: bytes) -> tuple[float, float] | None:
     """The (latitude, longitude) in a photo's EXIF GPS tags, in decimal degrees; None if absent
     or unreadable."""
     try:
-        gps = Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD)
+        exif = Image.Exif()
+        exif.load(Image.open(io.BytesIO(data)).info["exif"])  # never decodes pixels, unlike
+        gps = exif.get_ifd(GPS_IFD)  # getexif() of a PNG whose EXIF follows them
         lat, lon = _degrees(gps[2], gps[1]), _degrees(gps[4], gps[3])
     except Exception:  # no EXIF, no GPS block, malformed values: all mean "no coordinates"
         return None
