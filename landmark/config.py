@@ -335,6 +335,10 @@ class ServeConfig(Validated):
         64, "most photos the endpoint answers per request (env LANDMARK_MAX_ROWS when serving)",
         allowed=AT_LEAST_1,
     )  # fmt: skip
+    max_request_pixels: int = _param(
+        400_000_000, "most pixels the endpoint decodes for one request, JPEGs counted at their "
+        "reduced size (env LANDMARK_MAX_REQUEST_PIXELS when serving)", allowed=AT_LEAST_1,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,13 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from landmark.config import CHAMPION, PREVIOUS, REGISTERED_MODEL, ServeConfig
+from landmark.runtime import images
 from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import BadRequestError, Predictor
 
 SERVE = ServeConfig()
 MAX_ROWS_ENV = "LANDMARK_MAX_ROWS"  # where the server runs: the most photos per request
+MAX_PIXELS_ENV = "LANDMARK_MAX_REQUEST_PIXELS"  # ... and the most pixels decoded per request
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +175,18 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.predictor = Predictor.load(context.artifacts["torchscript"])
-        self.max_rows = ServeConfig(
-            max_rows=int(os.environ.get(MAX_ROWS_ENV, SERVE.max_rows))
-        ).max_rows
+        self.limits = ServeConfig(
+            max_rows=int(os.environ.get(MAX_ROWS_ENV, SERVE.max_rows)),
+            max_request_pixels=int(os.environ.get(MAX_PIXELS_ENV, SERVE.max_request_pixels)),
+        )
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> list[dict]:
         params = params or {}
         try:
-            photos = _photo_column(model_input, self.max_rows)
+            photos = _photo_column(model_input, self.limits.max_rows)
+            self._check_pixels(photos)
             return self.predictor.predict(
                 photos,
                 int(params.get("top_k", SERVE.top_k)),
@@ -197,6 +201,18 @@ class LandmarkPyfunc(mlflow.pyfunc.PythonModel):
                 f"internal error ({type(e).__name__}); the server's log has the details",
                 error_code=INTERNAL_ERROR,
             ) from e
+
+    def _check_pixels(self, photos: list[bytes]) -> None:
+        """Refuse a request whose photos would take too long to decode (MLflow's timeout
+        answers 504 but does not stop the work), from their headers alone."""
+        draft = self.predictor.metadata.preprocessing.resize_size
+        total, limit = sum(images.decoded_pixels(p, draft) for p in photos), self.limits
+        if total > limit.max_request_pixels:
+            raise BadRequestError(
+                f"these {len(photos)} photos decode to {total:,} px, over the "
+                f"{limit.max_request_pixels:,} this endpoint decodes per request (set "
+                f"{MAX_PIXELS_ENV} where the server runs): send fewer or smaller photos"
+            )
 
 
 def _photo_column(model_input: Any, max_rows: int = SERVE.max_rows) -> list[bytes]:

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import CLASSES, free_port, make_dataset, photo_bytes, start, stop, train_tiny_champion
+from conftest import (
+    CLASSES,
+    free_port,
+    make_dataset,
+    photo_bytes,
+    png_with_header_size,
+    start,
+    stop,
+    train_tiny_champion,
+)
 from hostile import ANSWER, PHOTOS, make_library, photo_corpus, remove_tree, tree_snapshot
 
 from landmark import tracking
@@ -239,3 +248,17 @@ def test_a_short_load_test_gets_every_good_photo_right_and_no_5xx(champion, endp
     assert result["wrong"] == [] and not [code for code in statuses if code >= 500]
     assert statuses[200] >= 8 and statuses[400] >= 8  # both kinds really went through
     assert server.poll() is None
+
+
+def test_a_request_that_would_decode_too_many_pixels_is_refused_from_the_headers(endpoint):
+    """64 rows of 49 MP PNGs pass the row limit but would hold the model for minutes."""
+    url, server = endpoint
+    big = png_with_header_size(7_000, 7_000)  # 49 MP each: under the per-photo limit
+    limit = ServeConfig().max_request_pixels
+    response = invoke(url, [big] * (limit // 49_000_000 + 1))
+    no_trace(response)
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert f"over the {limit:,} this endpoint decodes" in message
+    assert "LANDMARK_MAX_REQUEST_PIXELS" in message
+    assert invoke(url, [GOOD]).status_code == 200
