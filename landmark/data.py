@@ -114,8 +114,12 @@ def list_files(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]
             class_dir = root / split / folder
             if not class_dir.is_dir():
                 continue
-            # Every entry but folders (FIFOs and broken links too: decoding reports them).
-            for path in sorted(files_below(class_dir)):
+            # Every entry but folders (FIFOs, broken links and folders that cannot be read too:
+            # decoding reports them by name).
+            unreadable: list[Path] = []
+            found = list(files_below(class_dir, on_error=lambda e, out=unreadable: out.append(
+                Path(e.filename))))  # fmt: skip
+            for path in sorted(found + unreadable):
                 files[split].append((path.relative_to(root).as_posix(), label))
     return class_folders, files
 

@@ -305,6 +305,11 @@ def _check_member(member: zipfile.ZipInfo, zip_path: Path) -> bool:
 def _check_zip(path: Path, origin: str) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            for m in members:  # before testzip inflates everything: a bomb costs no CPU
+                _check_ratio(path, repr(m.filename), m.file_size, m.compress_size)
+            total = sum(m.file_size for m in members)
+            _check_ratio(path, "the zip", total, sum(m.compress_size for m in members))
             bad = zf.testzip()
     except zipfile.BadZipFile as e:
         raise DataSourceError(f"{origin} did not give a valid zip file: {e}") from e

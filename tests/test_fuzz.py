@@ -8,6 +8,7 @@ few hundred examples, deterministically; `-m slow` tries thousands, at random.""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 
@@ -20,9 +21,10 @@ from conftest import export_tiny_model, free_port, photo_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from landmark import tracking
-from landmark.runtime import images
+from landmark.runtime import images, sidecars
 from landmark.runtime.predictor import load_torchscript
 
 SEEDS = [
@@ -81,6 +83,39 @@ def test_decoding_a_mutated_photo_raises_only_bad_image_error(run):
     decode()
 
 
+def _exif_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif.update({0x010F: "Canon", 0x0110: "EOS R6", 0x0112: 6, 0x011A: (72, 1), 0x0132: "2024"})
+    exif.get_ifd(0x8769).update({0x9003: "2024:05:01 10:00:00", 0x829A: (1, 250)})
+    out = io.BytesIO()
+    Image.open(io.BytesIO(SEEDS[0])).save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+EXIF_JPEG = _exif_jpeg()
+EXIF_AT = EXIF_JPEG.index(b"Exif\0\0") + 6  # the TIFF structure starts here
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_a_gps_copy_of_a_mutated_exif_is_made_or_refused_with_value_error(run):
+    """Mutations inside the EXIF block only: PIL may read values it cannot write back."""
+
+    @settings(**COMMON, **run)
+    @given(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6))
+    def copy(changes) -> None:
+        data = bytearray(EXIF_JPEG)
+        for offset, value in changes:
+            data[min(EXIF_AT + offset, len(data) - 1)] = value
+        try:
+            copied = sidecars.jpeg_with_gps(bytes(data), 48.8584, 2.2945)
+        except ValueError as e:
+            assert "no GPS copy" in str(e) or "not a JPEG" in str(e)
+        else:
+            assert images.gps_coordinates(copied) == pytest.approx((48.8584, 2.2945), abs=1e-4)
+
+    copy()
+
+
 @pytest.fixture(scope="module")
 def pyfunc(tmp_path_factory):
     """The served model, logged to a throw-away store and loaded as MLflow serves it."""
@@ -129,7 +164,9 @@ def test_the_scoring_server_answers_200_or_400_and_never_a_trace(pyfunc, run):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
+    for _ in range(600):  # 30 s
+        if server.started:
+            break
         threading.Event().wait(0.05)
     url = f"http://127.0.0.1:{port}/invocations"
     session = requests.Session()

@@ -20,7 +20,7 @@ import requests
 from conftest import photo_bytes, train_tiny_champion
 
 from landmark import tracking
-from landmark.config import LIMITS, ServeConfig
+from landmark.config import ServeConfig
 from landmark.runtime import spark
 from landmark.runtime.predictor import Predictor
 
@@ -139,11 +139,11 @@ def test_one_spark_run_answers_every_file_by_name(champion, tmp_path):
         (tmp_path / name).write_bytes(photo_bytes(size=(120, 90), colour=colour, seed=seed))
     os.mkfifo(tmp_path / "e.jpg")
     with (tmp_path / "huge.jpg").open("wb") as huge:
-        huge.truncate(LIMITS.max_bytes + 1)  # sparse: no disk space, no time
+        huge.truncate(spark.SPARK_MAX_BYTES + 1)  # sparse: no disk space, no time
     (tmp_path / "broken.jpg").write_bytes(b"%PDF-1.4 not a photo")
     errors = {
         "e.jpg": "not a regular file",
-        "huge.jpg": f"{LIMITS.max_bytes + 1:,} bytes is over",
+        "huge.jpg": f"{spark.SPARK_MAX_BYTES + 1:,} bytes is over",
         "gone.jpg": "cannot read",
         "broken.jpg": "not an image",  # the pyfunc's own answer, kept
     }

@@ -32,7 +32,10 @@ SPARK_RESULT = (
 SPARK_FILE = "struct<content: binary, error: string>"
 # Photos per Arrow batch handed to a Python UDF: a few photos in memory at a time, and never more
 # than an endpoint answers per request (`ServeConfig.max_rows`).
-BATCH_ROWS = 16
+BATCH_ROWS = 8
+# The largest photo file Spark reads: a batch's bytes cross the JVM (and Arrow's 2 GB offsets),
+# so BATCH_ROWS of them must fit in the driver's default 1 GB with room to spare.
+SPARK_MAX_BYTES = 64_000_000
 LOOPBACK = "127.0.0.1"
 
 
@@ -163,11 +166,11 @@ def _is_local(master: str) -> bool:
 
 def read_photos(paths: pd.Series) -> pd.DataFrame:
     """Each file's bytes, or b"" and why it cannot be read (`images.read_photo`: never blocks
-    on a FIFO or device, never reads past `LIMITS.max_bytes`); the `SPARK_FILE` pandas UDF."""
+    on a FIFO or device, never reads past `SPARK_MAX_BYTES`); the `SPARK_FILE` pandas UDF."""
     contents, errors = [], []
     for path in paths:  # bytes (os.fsencode) or str
         try:
-            contents.append(images.read_photo(path))
+            contents.append(images.read_photo(path, SPARK_MAX_BYTES))
             errors.append(None)
         except images.BadImageError as e:
             contents.append(b"")
