@@ -80,7 +80,9 @@ def fetch(
 def download_path(cache_dir: Path, url: str) -> Path:
     """Where the download of `url` is kept: `downloads/<sha256 of the whole URL>/<its name>`, so
     two URLs ending in the same name (`.../data.zip`) never share a file."""
-    name = Path(urllib.parse.urlparse(url).path).name or "data.zip"
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if name in {"", ".", ".."} or len(name.encode()) > 200 or "\0" in name:
+        name = "data.zip"  # (a URL ending in "/.." would make the folder itself the file)
     return cache_dir / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
 
 

@@ -160,8 +160,9 @@ def test_requests_naming_another_host_are_refused(endpoint, app_for):
                   cfg=AppConfig(allowed_hosts="photos.lan"))  # fmt: skip
     assert requests.get(f"{url}/api/info", timeout=10).status_code == 200
     assert requests.get(f"{url}/api/info", headers={"Host": "photos.lan"}, timeout=10).ok
-    refused = requests.get(f"{url}/api/info", headers={"Host": "evil.example"}, timeout=10)
+    refused = requests.get(f"{url}/api/info", headers={"Host": "evil.example:80"}, timeout=10)
     assert refused.status_code == 400
+    assert "--allowed-hosts evil.example" in refused.json()["error"]
     assert web_app.allowed_hosts(AppConfig(host="0.0.0.0")) == list(web_app.LOCAL_HOSTS)
 
 

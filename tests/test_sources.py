@@ -156,6 +156,14 @@ def test_url_is_downloaded_verified_and_reused(photos, server, tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "url", ["http://h/a/..", "http://h/", "http://h/%2e%2e", "http://h/" + "x" * 300 + ".zip"]
+)
+def test_a_url_without_a_usable_name_is_kept_as_data_zip(tmp_path, url):
+    path = sources.download_path(tmp_path, url)
+    assert path.name == "data.zip" and path.parent.parent == tmp_path / "downloads"
+
+
 def test_urls_ending_in_the_same_name_keep_their_own_download(photos, server, tmp_path):
     """Two servers' `/data.zip` are two data sets, not one cached file."""
     other_photos = tmp_path / "other"

@@ -21,7 +21,6 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from landmark import tracking
 from landmark.config import AppConfig, ServeConfig
@@ -150,7 +149,7 @@ def create_app(
     holds the page for anyone else; every error is a JSON `{"error": ...}`, never a trace.
     """
     app = FastAPI(title="landmark", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(cfg))
+    _check_hosts(app, allowed_hosts(cfg))
     max_bytes = cfg.max_upload_mb * 1_000_000
 
     @app.exception_handler(Exception)
@@ -196,6 +195,29 @@ def create_app(
         return JSONResponse(answer)
 
     return app
+
+
+def _check_hosts(app: FastAPI, hosts: list[str]) -> None:
+    """Refuse requests whose Host header is not one of `hosts` (DNS rebinding), saying how to
+    allow the name."""
+
+    @app.middleware("http")
+    async def check_host(request: Request, call_next):
+        host = _host_name(request.headers.get("host", ""))
+        if host not in hosts and "*" not in hosts:
+            message = (
+                f"this app answers requests for {', '.join(hosts)}, not {host!r}: start it "
+                f"with --allowed-hosts {host or 'NAME'} if that is how people reach it"
+            )
+            return JSONResponse({"error": message}, status_code=400)
+        return await call_next(request)
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header, without its port (`[::1]:7860` -> `[::1]`)."""
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.split(":")[0]
 
 
 async def _read_body(request: Request, max_bytes: int) -> bytes | None:
