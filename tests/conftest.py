@@ -233,6 +233,16 @@ def train_tiny_champion(tmp: Path) -> str:
     return uri
 
 
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """`train_tiny_champion` once per test module; MLFLOW_TRACKING_URI points at it meanwhile.
+    Yields the champion's model URI."""
+    uri = train_tiny_champion(tmp_path_factory.mktemp("champion"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield "models:/landmark-classifier@champion"
+
+
 def gps_jpeg(colour, latitude: float, longitude: float) -> bytes:
     """A JPEG photo whose EXIF carries GPS coordinates (north/east, whole degrees)."""
     img = Image.open(io.BytesIO(photo_bytes(size=(400, 300), colour=colour, seed=4)))

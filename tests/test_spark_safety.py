@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import pytest
 import requests
-from conftest import photo_bytes, train_tiny_champion
+from conftest import photo_bytes
 
 from landmark import tracking
 from landmark.config import ServeConfig
@@ -27,14 +27,6 @@ from landmark.runtime.predictor import Predictor
 needs_java = pytest.mark.skipif(not shutil.which("java"), reason="Spark needs Java")
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data set's classes
 WILDCARDS = {"0.0.0.0", "::"}
-
-
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    uri = train_tiny_champion(tmp_path_factory.mktemp("spark-safety"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        yield "models:/landmark-classifier@champion"
 
 
 def listening(pid: int) -> list[tuple[str, int]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gps_jpeg, photo_bytes, snapshot, train_tiny_champion
+from conftest import gps_jpeg, photo_bytes, snapshot
 from PIL import Image
 
 from landmark import tracking
@@ -25,14 +25,6 @@ from landmark.runtime.predictor import Predictor
 
 EXIFTOOL = shutil.which("exiftool")
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)  # the tiny data set's classes
-
-
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    uri = train_tiny_champion(tmp_path_factory.mktemp("tagging"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        yield "models:/landmark-classifier@champion"
 
 
 def library(root: Path) -> Path:

@@ -111,7 +111,7 @@ def test_an_interrupted_copy_never_counts_as_done(model, tmp_path, monkeypatch):
     assert [c.read_bytes() for c in copies] == [p.read_bytes() for p in made]
 
 
-def test_a_rerun_that_asks_for_more_outputs_completes_every_photo(model, tmp_path):
+def test_a_rerun_that_asks_for_more_outputs_completes_every_photo(model, tmp_path, monkeypatch):
     """Before: resume looked at the sidecar only, so adding --organize or --gps-copies to a
     rerun skipped every tagged photo."""
     made = photos(tmp_path / "photos", 3)
@@ -119,11 +119,12 @@ def test_a_rerun_that_asks_for_more_outputs_completes_every_photo(model, tmp_pat
     more = config(model, tmp_path, organize=tmp_path / "by-place", gps_copies=tmp_path / "gps")
     predictor_calls = []
     original = Predictor.predict
-    Predictor.predict = lambda self, *a, **k: predictor_calls.append(1) or original(self, *a, **k)
-    try:
-        assert tagging.tag([tmp_path / "photos"], more) == {"tagged": 3}
-    finally:
-        Predictor.predict = original
+    monkeypatch.setattr(
+        Predictor,
+        "predict",
+        lambda self, *a, **k: predictor_calls.append(1) or original(self, *a, **k),
+    )
+    assert tagging.tag([tmp_path / "photos"], more) == {"tagged": 3}
     assert predictor_calls == []  # completed from the sidecars, not scored again
     assert len(list((tmp_path / "by-place").rglob("*.jpg"))) == len(made)
     assert len(list((tmp_path / "gps").glob("*.jpg"))) == len(made)

@@ -48,9 +48,8 @@ def safe_name(name: str) -> str:
     cleaned = re.sub(r"[/\\:\x00-\x1f\x7f]", "_", name).strip()
     if cleaned in {"", ".", ".."}:
         cleaned = cleaned.replace(".", "_") or "_"
-    if len(cleaned.encode()) > MAX_NAME_BYTES:
-        digest = hashlib.sha1(cleaned.encode()).hexdigest()[:8]
-        cleaned = cleaned.encode()[: MAX_NAME_BYTES - 9].decode("utf-8", "ignore") + "-" + digest
+    if len(os.fsencode(cleaned)) > MAX_NAME_BYTES:
+        return _fit(cleaned, "-" + hashlib.sha1(os.fsencode(cleaned)).hexdigest()[:8])
     return cleaned
 
 

@@ -17,6 +17,7 @@ from landmark.runtime import images
 
 MODEL_ATTRIBUTE = "landmark:Model"
 LABEL_ATTRIBUTE = "landmark:Label"
+PROBABILITY_ATTRIBUTE = "landmark:Probability"
 NAMESPACE = "https://github.com/landmark-mlops/landmark/ns/1.0/"
 MAX_SIDECAR_BYTES = 1_000_000  # a larger .xmp is not one of ours
 
@@ -29,11 +30,13 @@ def sidecar_path(photo: Path) -> Path:
 def tagged_by(sidecar: Path) -> str | None:
     """The model recorded in one of our sidecars; "" for someone else's sidecar (or anything
     else of that name); None if there is none."""
-    return sidecar_attribute(sidecar, MODEL_ATTRIBUTE)
+    attributes = read_sidecar(sidecar)
+    return None if attributes is None else attributes.get(MODEL_ATTRIBUTE, "")
 
 
-def sidecar_attribute(sidecar: Path, attribute: str) -> str | None:
-    """An attribute of one of our sidecars ("" if not ours or absent; None: no such file)."""
+def read_sidecar(sidecar: Path) -> dict[str, str] | None:
+    """The `landmark:` attributes of one of our sidecars, read once; {} for a file that is not
+    ours; None if there is no such file."""
     try:
         os.lstat(sidecar)
     except OSError:  # none there (or a name too long to exist: writing it will say so)
@@ -41,11 +44,11 @@ def sidecar_attribute(sidecar: Path, attribute: str) -> str | None:
     try:
         text = images.read_photo(sidecar, MAX_SIDECAR_BYTES).decode(errors="replace")
     except images.BadImageError:  # a folder, a FIFO, huge, no permission: not ours to touch
-        return ""
+        return {}
     if f'{MODEL_ATTRIBUTE}="' not in text:
-        return ""
-    match = re.search(rf'{attribute}="([^"]*)"', text)
-    return unescape(match[1], {"&quot;": '"'}) if match else ""
+        return {}
+    found = re.findall(r'(landmark:\w+)="([^"]*)"', text)
+    return {name: unescape(value, {"&quot;": '"'}) for name, value in found}
 
 
 def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
@@ -56,7 +59,7 @@ def xmp_sidecar(answer: dict[str, Any], model_id: str) -> str:
     hierarchy = "|".join(["Places", country, name] if country else ["Places", name])
     attributes = {
         LABEL_ATTRIBUTE: answer["label"],
-        "landmark:Probability": f"{answer['probability']:.4f}",
+        PROBABILITY_ATTRIBUTE: f"{answer['probability']:.4f}",
         MODEL_ATTRIBUTE: model_id,
     }
     if location:

@@ -33,8 +33,10 @@ from landmark.runtime.contract import ModelMetadata
 from landmark.runtime.predictor import Predictor
 from landmark.runtime.sidecars import (
     LABEL_ATTRIBUTE,
+    MODEL_ATTRIBUTE,
+    PROBABILITY_ATTRIBUTE,
     jpeg_with_gps,
-    sidecar_attribute,
+    read_sidecar,
     sidecar_path,
     tagged_by,
     xmp_sidecar,
@@ -142,34 +144,39 @@ class Tagger:
         """What `photo` needs, from its sidecar, its bytes and its EXIF GPS."""
         row = {"path": str(photo), "model": self.model_id}
         sidecar = sidecar_path(photo)
-        owner = tagged_by(sidecar)
-        if owner == "":
+        attributes = read_sidecar(sidecar)
+        if attributes == {}:
             reason = f"{sidecar.name} exists and was not written by landmark: left alone"
             return Triage({**row, "status": "error", "error": reason})
         problem = _unwritable(sidecar)
         if problem:  # known before any output is written, so none is left without its sidecar
             return Triage({**row, "status": "error", "error": f"cannot write: {problem}"})
-        answer = self._answer_from(sidecar) if owner == self.model_id else None
-        if owner == self.model_id and (answer is None or not self._missing(photo, answer)):
+        ours = attributes is not None and attributes.get(MODEL_ATTRIBUTE) == self.model_id
+        answer = self._answer_from(attributes) if ours else None
+        if ours and answer is None:
             return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
+        # A tagged photo's bytes are read only when its GPS copy is to be checked.
+        needs_bytes = answer is None or self._gps_copy_wanted(None, answer)
         try:
-            data = images.read_photo(photo)
+            data = images.read_photo(photo) if needs_bytes else None
         except images.BadImageError as e:  # vanished, no permission, a FIFO, too large, ...
             return Triage({**row, "status": "error", "error": str(e)})
         if answer is not None:
+            if not self._missing(photo, data, answer):
+                return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
             return Triage(data=data, answer=answer)
         gps = images.gps_coordinates(data)
         if gps and not self.cfg.overwrite_gps:
             return Triage({**row, "status": "has_gps", "photo_gps": list(gps)})
         return Triage(data=data)
 
-    def _answer_from(self, sidecar: Path) -> dict[str, Any] | None:
+    def _answer_from(self, attributes: dict[str, str]) -> dict[str, Any] | None:
         """The answer our sidecar records (label, from which the rest follows)."""
-        label = sidecar_attribute(sidecar, LABEL_ATTRIBUTE)
+        label = attributes.get(LABEL_ATTRIBUTE)
         if label not in self.metadata.class_folders:
             return None
         try:
-            probability = float(sidecar_attribute(sidecar, "landmark:Probability") or "")
+            probability = float(attributes.get(PROBABILITY_ATTRIBUTE, ""))
         except ValueError:  # edited by hand: the label is what matters
             probability = 0.0
         location = self.metadata.location(label)
@@ -179,18 +186,16 @@ class Tagger:
             "location": dataclasses.asdict(location) if location else None, "top_k": [],
         }  # fmt: skip
 
-    def _missing(self, photo: Path, answer: dict[str, Any]) -> list[str]:
-        """The requested outputs of a tagged photo that are not there (yet)."""
+    def _missing(self, photo: Path, data: bytes | None, answer: dict[str, Any]) -> list[str]:
+        """The requested outputs of a tagged photo that are not there (yet); its GPS copy is
+        checked when its `data` is given (`triage` reads it when a copy is wanted)."""
         missing = []
         if self.organize and self._organized(photo, answer) is None:
             missing.append("organize")
-        if self._gps_copy_wanted(None, answer):
+        if data is not None and self._gps_copy_wanted(data, answer):
             try:
-                data = images.read_photo(photo)
-                done = not self._gps_copy_wanted(data, answer) or self._gps_copy(
-                    photo, data, answer, write=False
-                )
-            except ValueError:  # no copy possible (its report line said why), or unreadable now
+                done = self._gps_copy(photo, data, answer, write=False) is not None
+            except ValueError:  # no copy possible: its report line said why
                 done = True
             if not done:
                 missing.append("gps_copies")
