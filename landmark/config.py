@@ -177,6 +177,10 @@ class TrainConfig(Validated):
     augment: float = _param(
         0.5, "augmentation strength 0..1 (crop scale and colour jitter)", allowed=SHARE
     )
+    mixup: float = _param(
+        0.0, "mixup/cutmix: pairs of photos blended (or, every other batch, a patch pasted) "
+        "with a Beta(a, a) share; a = this value (0: off)", allowed=AT_LEAST_0,
+    )  # fmt: skip
     patience: int = _param(
         5, "stop after this many epochs without a better val accuracy", allowed=AT_LEAST_0
     )
@@ -216,6 +220,10 @@ class ScratchConfig(Validated):
     dropout: float = _param(
         0.2, "dropout before the classifier", allowed=Range(0, 1, open_high=True)
     )
+    drop_path: float = _param(
+        0.0, "stochastic depth: chance a residual block is skipped in training, rising "
+        "linearly to this value at the last block", allowed=Range(0, 1, open_high=True),
+    )  # fmt: skip
     image_size: int = _param(128, "side of the square input crop", allowed=Range(16))
 
 
@@ -275,32 +283,40 @@ class OpenSetConfig(Validated):
 
 @dataclass(frozen=True)
 class TuneConfig(Validated):
-    """The Optuna study run before the final training. Defaults suit `train_transfer`."""
+    """The Optuna study that chooses the final configuration. Defaults suit `train_transfer`.
+
+    Every trial trains for the full `epochs`; the pruner stops trials that are clearly (by more
+    than the noise) behind. See README, Tuning.
+    """
 
     n_trials: int = _param(
         20, "trials in the study, counting earlier runs of it (0: no tuning)", allowed=AT_LEAST_0
     )
     timeout: float = _param(
-        540.0, "wall-clock budget of the study in seconds (0: none)", allowed=AT_LEAST_0
-    )
-    trial_epochs: int = _param(
-        0, "maximum epochs of one trial (0: `epochs`, so the final model repeats the best trial)",
-        allowed=AT_LEAST_0,
+        600.0, "wall-clock budget of the study in seconds; a trial still running then is pruned, "
+        "except the defaults' (0: none)", allowed=AT_LEAST_0,
+    )  # fmt: skip
+    folds: int = _param(
+        5, "stratified folds of the training split each trial is scored on (1: the validation "
+        "split)", allowed=AT_LEAST_1,
     )  # fmt: skip
     pruner: str = _param(
-        "hyperband", "hyperband, median or none", choices=("hyperband", "median", "none")
-    )
+        "halving", "halving (successive halving), hyperband, median or none; each overruled "
+        "when the trial is within one standard error of the best",
+        choices=("halving", "hyperband", "median", "none"),
+    )  # fmt: skip
     study_name: str = _param("", "rerun with the same name to continue (default: derived)")
     storage: str = _param("", "journal file or SQLAlchemy URL (default: next to the MLflow store)")
 
 
 @dataclass(frozen=True)
 class ScratchTuneConfig(TuneConfig):
-    """Tuning settings for the CNN trained from scratch (fewer, longer trials)."""
+    """Tuning settings for the CNN trained from scratch: full-length trials on the validation
+    split, the best of which is the final model."""
 
     n_trials: int = _override(TuneConfig, "n_trials", 8)
-    timeout: float = _override(TuneConfig, "timeout", 900.0)
-    trial_epochs: int = _override(TuneConfig, "trial_epochs", 6)
+    timeout: float = _override(TuneConfig, "timeout", 2100.0)
+    folds: int = _override(TuneConfig, "folds", 1)
 
 
 @dataclass(frozen=True)

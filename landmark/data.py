@@ -331,6 +331,22 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> Trai
     return TrainValRows(np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx)))
 
 
+def stratified_folds(labels: np.ndarray, rows: np.ndarray, k: int, seed: int) -> list[TrainValRows]:
+    """`k` seeded, stratified folds of `rows` (row indices into `labels`): fold f validates on
+    every k-th photo of each shuffled class starting at f and trains on the rest, so each row is
+    validated exactly once and every fold keeps the class shares."""
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(rows), dtype=int)
+    offset = 0  # classes continue where the last one stopped, so the folds stay the same size
+    for label in np.unique(labels[rows]):
+        members = rng.permutation(np.flatnonzero(labels[rows] == label))
+        fold_of[members] = (offset + np.arange(len(members))) % k
+        offset += len(members)
+    return [TrainValRows(rows[fold_of != f], rows[fold_of == f]) for f in range(k)]
+
+
 def summarize(data: LandmarkData, val_fraction: float, seed: int) -> dict:
     """Counts per class and split, fingerprint, bad files and leaks, as a JSON-able dict."""
     train_idx, val_idx = stratified_split(data.train.labels, val_fraction, seed)

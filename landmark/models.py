@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 from landmark import efficientnet_lite
 from landmark.config import SCRATCH_ARCH, TRANSFER_ARCHS
@@ -35,9 +35,11 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a shortcut (1x1 projection when the shape changes)."""
+    """Two 3x3 convolutions with a shortcut (1x1 projection when the shape changes); in
+    training the convolutions are skipped for a share `drop_path` of the photos (stochastic
+    depth)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, drop_path: float = 0.0) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none"),
@@ -52,10 +54,12 @@ class ResidualBlock(nn.Module):
             )
         else:
             self.shortcut = nn.Identity()
+        # Identity when off, so a model without it draws no random numbers in training.
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        return self.act(self.drop_path(self.body(x)) + self.shortcut(x))
 
 
 class LandmarkCNN(nn.Module):
@@ -69,6 +73,7 @@ class LandmarkCNN(nn.Module):
         blocks: residual blocks per stage.
         norm: "batch", "group" or "none".
         dropout: dropout before the classifier.
+        drop_path: stochastic depth of the last block; earlier blocks get linearly less.
         image_size: side of the (square) input crop.
     """
 
@@ -81,6 +86,7 @@ class LandmarkCNN(nn.Module):
         blocks: int,
         norm: str,
         dropout: float,
+        drop_path: float = 0.0,
         image_size: int,
     ) -> None:
         super().__init__()
@@ -91,11 +97,14 @@ class LandmarkCNN(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, 2, 1, bias=norm == "none"), _norm(norm, width), nn.ReLU(True)
         )
-        stages, cin = [], width
+        stages, cin, total = [], width, depth * blocks
         for i in range(depth):
             cout = width * 2**i
-            layers = [ResidualBlock(cin, cout, 1 if i == 0 else 2, norm)]
-            layers += [ResidualBlock(cout, cout, 1, norm) for _ in range(blocks - 1)]
+            layers = []
+            for b in range(blocks):
+                rate = drop_path * (i * blocks + b + 1) / total
+                stride = 2 if i > 0 and b == 0 else 1
+                layers.append(ResidualBlock(cin if b == 0 else cout, cout, stride, norm, rate))
             stages.append(nn.Sequential(*layers))
             cin = cout
         self.stages_ = nn.Sequential(*stages)

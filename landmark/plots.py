@@ -174,3 +174,29 @@ def precision_coverage(
     ax.set_title(f"Precision / coverage by {score} (held-out-class proxies)")
     ax.grid(alpha=0.3)
     return fig
+
+
+def trial_scores(table: list[dict]) -> Figure:
+    """Each complete trial's validation score with its standard error (error bars), in trial
+    order: the defaults' score ± 1 SE as a grey band, the chosen trial in red; pruned trials are
+    counted in the title."""
+    done = [row for row in table if row["score"] is not None]
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    if done:
+        numbers = [row["number"] for row in done]
+        scores = np.array([row["score"] for row in done])
+        errors = np.array([row["score_se"] for row in done])
+        ax.errorbar(numbers, scores, yerr=errors, fmt="o", color="#4C72B0", capsize=3)
+        for row in done:
+            if row["defaults"]:
+                low, high = row["score"] - row["score_se"], row["score"] + row["score_se"]
+                ax.axhspan(low, high, color="0.85", zorder=0, label="defaults ± 1 SE")
+            if row["chosen"]:
+                ax.plot(row["number"], row["score"], "o", color="#C44E52", ms=10, label="chosen")
+        ax.legend(loc="lower right")
+    pruned = sum(row["state"] == "PRUNED" for row in table)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation score (± 1 standard error)")
+    ax.set_title(f"{len(done)} complete trials ({pruned} pruned, {len(table)} in all)")
+    return fig

@@ -20,11 +20,14 @@ class Builder:
     def __init__(self, seed: int, dataset: data.LandmarkData, split: data.TrainValRows) -> None:
         self.seed, self.dataset, self.split = seed, dataset, split
 
-    def __call__(self, cfg: ScratchConfig, train_cfg: TrainConfig) -> tuple:
+    def __call__(
+        self, cfg: ScratchConfig, train_cfg: TrainConfig, rows: data.TrainValRows | None = None
+    ) -> tuple:
+        """Model and loaders, training and validating on `rows` (default: the split's)."""
         training.seed_everything(self.seed)
         model: nn.Module = models.build_model(SCRATCH_ARCH, self.dataset.num_classes, **asdict(cfg))
         model = model.to(memory_format=torch.channels_last)
         loaders = data.image_loaders(
-            model.preprocessing, self.dataset, self.split, train_cfg, self.seed
+            model.preprocessing, self.dataset, rows or self.split, train_cfg, self.seed
         )
         return model, model, *loaders

@@ -25,6 +25,7 @@ from landmark import (
     plots,
     promotion,
     scratch,
+    selection,
     tracking,
     training,
     transfer,
@@ -92,13 +93,15 @@ def train_transfer(
         build = transfer.Builder(data_cfg, cfg, train_cfg, dataset, split, device)
         space = tuning.transfer_space(0 if cfg.mode == "frozen" else cfg.trainable_blocks)
         study = f"train_transfer-{cfg.arch}-{dataset.fingerprint[:12]}"
-        configs = (cfg, train_cfg)
-        cfg, train_cfg = tuning.tune_configs(
-            study, space, build, configs, tune_cfg, data_cfg.seed, device
+        splits = tuning.splits_for(tune_cfg, split, dataset.train.labels, data_cfg.seed)
+        tuned = tuning.tune_configs(
+            study, space, build, (cfg, train_cfg), tune_cfg, splits, data_cfg.seed, device
         )
+        cfg, train_cfg = tuned.configs
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, cfg.arch, train_cfg)
-        _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
+        result = _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
+        _compare_with_estimate(tuned.selection, result)
         rotations = openset.rotations_for(
             dataset.num_classes, open_cfg.held_out, open_cfg.rotations, data_cfg.seed
         )
@@ -125,13 +128,21 @@ def train_scratch(
         dataset, split = _load(data_cfg)
         build = scratch.Builder(data_cfg.seed, dataset, split)
         study = f"train_scratch-{dataset.fingerprint[:12]}"
-        configs = (cfg, train_cfg)
-        cfg, train_cfg = tuning.tune_configs(
-            study, tuning.scratch_space, build, configs, tune_cfg, data_cfg.seed, device
-        )
+        splits = tuning.splits_for(tune_cfg, split, dataset.train.labels, data_cfg.seed)
+        tuned = tuning.tune_configs(
+            study, tuning.scratch_space, build, (cfg, train_cfg), tune_cfg, splits,
+            data_cfg.seed, device, keep=_checkpoints(data_cfg, "trials"),
+        )  # fmt: skip
+        cfg, train_cfg = tuned.configs
         model, net, train_loader, val_loader = build(cfg, train_cfg)
         metadata = export.describe(model, dataset, SCRATCH_ARCH, train_cfg)
-        _fit(net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device)
+        if tuned.checkpoint:  # the chosen trial is the final model
+            result = _restore(net, tuned.checkpoint)
+        else:
+            result = _fit(
+                net, train_loader, val_loader, train_cfg, data_cfg, run_id, metadata, device
+            )
+        _compare_with_estimate(tuned.selection, result)
         rotations = openset.rotations_for(
             dataset.num_classes, open_cfg.held_out, open_cfg.rotations, data_cfg.seed
         )
@@ -200,20 +211,53 @@ def _log_dataset(cfg: DataConfig, dataset: data.LandmarkData) -> None:
     tracking.log_params({"fingerprint": dataset.fingerprint, "num_classes": dataset.num_classes})
 
 
+def _checkpoints(data_cfg: DataConfig, name: str) -> Path:
+    return Path(data_cfg.cache_dir).expanduser() / "checkpoints" / name
+
+
 def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, metadata, device):
     """`training.fit` with MLflow epoch logging; checkpoints under `cache_dir/checkpoints/<run>`."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     tracking.log_params({"trainable_parameters": trainable})
-    checkpoints = Path(data_cfg.cache_dir).expanduser() / "checkpoints" / run_id
+    checkpoints = _checkpoints(data_cfg, run_id)
     tracking.set_tags({"checkpoint_dir": str(checkpoints)})
     result = training.fit(
         net, train_loader, val_loader, cfg, data_cfg.seed, checkpoints, device,
         on_epoch_end=tracking.epoch_logger(),
         metadata=metadata,
     )  # fmt: skip
+    _log_fit(result)
+    return result
+
+
+def _restore(net: nn.Module, weights: Path) -> training.FitResult:
+    """The chosen trial's weights as the final model, its epochs logged as if trained here."""
+    tracking.log_params({"trainable_parameters": sum(p.numel() for p in net.parameters())})
+    tracking.set_tags({"checkpoint_dir": str(weights.parent)})
+    result = training.load_weights(weights, net)
+    log_epoch = tracking.epoch_logger()
+    for row in result.history:
+        log_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+    log.info("The final model is the chosen trial's, from %s", weights)
+    _log_fit(result)
+    return result
+
+
+def _log_fit(result: training.FitResult) -> None:
     tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc})
     tracking.log_figure(plots.training_curves(result.history), "plots/training_curves.png")
-    return result
+
+
+def _compare_with_estimate(chosen: selection.Selection, result: training.FitResult) -> None:
+    """The final model's validation accuracy next to the study's estimate of its configuration
+    (k folds: an estimate on other photos; one split: the same training)."""
+    if chosen.score is None:
+        return
+    tracking.log_metrics({"tuning/final_val_acc": result.best_val_acc})
+    log.info(
+        "Final model: validation accuracy %.4f; the study's estimate of its configuration %s",
+        result.best_val_acc, chosen.score,
+    )  # fmt: skip
 
 
 def _finish(

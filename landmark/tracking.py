@@ -140,11 +140,11 @@ def active_run_id() -> str | None:
     return run.info.run_id if run else None
 
 
-def epoch_logger() -> Callable[[int, dict[str, float]], None]:
-    """A `fit` callback that logs each epoch's metrics as MLflow steps."""
+def epoch_logger(prefix: str = "") -> Callable[[int, dict[str, float]], None]:
+    """A `fit` callback that logs each epoch's metrics as MLflow steps (keys after `prefix`)."""
 
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
 
     return log_epoch
 

@@ -32,9 +32,10 @@ from landmark.runtime.contract import ModelMetadata
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-# build(model_cfg, train_cfg) -> (model, trained module, train loader, val loader): what the
-# final training and every tuning trial start from (`scratch.Builder`, `transfer.Builder`).
-Builder = Callable[[Any, TrainConfig], tuple]
+# build(model_cfg, train_cfg, rows=None) -> (model, trained module, train loader, val loader):
+# what the final training and every tuning trial start from (`scratch.Builder`,
+# `transfer.Builder`); `rows` (a `data.TrainValRows`, e.g. a fold) replaces the split.
+Builder = Callable[..., tuple]
 
 
 def seed_everything(seed: int) -> None:
@@ -136,26 +137,35 @@ def train_one_epoch(
     device: torch.device,
     desc: str = "train",
     dtype: torch.dtype | None = None,
+    mixup: float = 0.0,
 ) -> dict[str, float]:
     """One pass over `loader`; returns `train/loss`, `train/acc`, `lr`, `images_per_s`.
 
-    `dtype` (e.g. bf16) turns on autocast for the forward pass.
+    `dtype` (e.g. bf16) turns on autocast for the forward pass; `mixup` > 0 blends the batches
+    (`mix_batch`), and loss and accuracy then count both labels by their shares.
     """
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen = 0.0, 0.0, 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", leave=False)
-    for images, labels in bar:
+    for step, (images, labels) in enumerate(bar):
         images, labels = images.to(device), labels.to(device)
+        others, share = labels, 1.0
+        if mixup > 0:
+            images, others, share = mix_batch(images, labels, mixup, cut=step % 2 == 1)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images)
         loss = loss_fn(logits.float(), labels)
+        if share < 1.0:
+            loss = share * loss + (1.0 - share) * loss_fn(logits.float(), others)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        predicted = logits.argmax(1)
+        hits = share * (predicted == labels).sum() + (1 - share) * (predicted == others).sum()
+        correct += hits.item()
         seen += len(labels)
         rate = seen / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{rate:.0f}")
@@ -165,6 +175,30 @@ def train_one_epoch(
         "lr": optimizer.param_groups[0]["lr"],
         "images_per_s": seen / (time.perf_counter() - start),
     }
+
+
+def mix_batch(
+    images: torch.Tensor, labels: torch.Tensor, alpha: float, cut: bool
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (`cut` false: each photo blended with another of the batch) or CutMix (`cut`: a
+    box of another photo pasted in); returns the images, the other photos' labels and the share
+    `lam` of the original photo, drawn from Beta(alpha, alpha) (for CutMix, the box's true area).
+
+    Randomness comes from the global RNGs, which `fit` seeds every epoch.
+    """
+    lam = float(np.random.beta(alpha, alpha))
+    order = torch.randperm(len(labels), device=labels.device)
+    if not cut or images.dim() != 4:  # pooled features cannot be cut
+        mixed = lam * images.float() + (1.0 - lam) * images[order].float()
+        return mixed, labels[order], lam
+    height, width = images.shape[-2:]
+    box_h, box_w = round(height * math.sqrt(1 - lam)), round(width * math.sqrt(1 - lam))
+    top, left = np.random.randint(0, height - box_h + 1), np.random.randint(0, width - box_w + 1)
+    images = images.clone()
+    images[..., top : top + box_h, left : left + box_w] = images[order][
+        ..., top : top + box_h, left : left + box_w
+    ]
+    return images, labels[order], 1.0 - box_h * box_w / (height * width)
 
 
 @torch.no_grad()
@@ -263,8 +297,9 @@ def fit(
         start = time.perf_counter()
         _seed_epoch(train_loader, seed, epoch)
         metrics = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch + 1}", dtype
-        )
+            model, train_loader, loss_fn, optimizer, scheduler, device, f"epoch {epoch + 1}",
+            dtype, cfg.mixup,
+        )  # fmt: skip
         metrics.update(evaluate(model, val_loader, loss_fn, device, dtype))
         metrics["epoch_seconds"] = time.perf_counter() - start
         state["history"].append({"epoch": epoch, **metrics})
@@ -332,6 +367,22 @@ def _resume(path: Path, model, optimizer, scheduler) -> tuple[dict, dict]:
     state = checkpoint["state"]
     log.info("Resuming from %s after epoch %d", path, state["epoch"] + 1)
     return state, checkpoint.get("best_model", checkpoint["model"])
+
+
+def save_weights(path: Path, model: nn.Module, result: FitResult) -> None:
+    """The trained weights and how they trained (`FitResult`), atomically: what a complete
+    tuning trial keeps, so that it can be the final model (`load_weights`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "result": asdict(result)}, tmp)
+    tmp.replace(path)
+
+
+def load_weights(path: Path, model: nn.Module) -> FitResult:
+    """Load weights saved by `save_weights` into `model`; how they trained."""
+    saved = _load(path)
+    model.load_state_dict(saved["model"])
+    return FitResult(**saved["result"])
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -139,6 +139,18 @@ class ActivationCache:
         )
         return cache, unknown
 
+    def fold(self, train: np.ndarray, val: np.ndarray) -> ActivationCache:
+        """A cache training on the rows `train` of this cache's training photos (all views)
+        and validating on the centre view of its rows `val` (positions, not photo indices)."""
+        train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
+        return ActivationCache(
+            start=self.start,
+            train=self.train[:, train_t],
+            val=self.train[0][val_t],
+            train_labels=self.train_labels[train],
+            val_labels=self.train_labels[val],
+        )
+
     def loaders(self, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
         """Training loader (a random view of each photo per epoch) and validation loader."""
         train_set = CachedViews(self.train, self.train_labels)
@@ -257,16 +269,31 @@ class Builder:
             self.caches[start] = advance(self.caches[min(self.caches)], model, start, self.device)
         return self.caches[start]
 
-    def __call__(self, cfg: TransferConfig, train_cfg: TrainConfig) -> tuple:
+    def __call__(
+        self, cfg: TransferConfig, train_cfg: TrainConfig, rows: data.TrainValRows | None = None
+    ) -> tuple:
+        """Model, trained module and loaders, training and validating on `rows` (default: the
+        split's; other rows must be training rows of the split, e.g. its k folds)."""
         model = self.new_model(cfg, self.dataset.num_classes)
+        rows = self.split if rows is None else rows
         if isinstance(model, models.TorchvisionClassifier):
             models.freeze(model, _trainable(cfg))
             pre, seed = model.preprocessing, self.data_cfg.seed
-            return model, model, *data.image_loaders(pre, self.dataset, self.split, train_cfg, seed)
+            return model, model, *data.image_loaders(pre, self.dataset, rows, train_cfg, seed)
         start = len(model.stages()) - _trainable(cfg)
         cache = self.cache_at(start, model)
+        if rows is not self.split:
+            cache = cache.fold(self._positions(rows.train), self._positions(rows.val))
         models.freeze(model, _trainable(cfg))
         return model, Suffix(model, start), *cache.loaders(train_cfg.batch_size, self.data_cfg.seed)
+
+    def _positions(self, rows: np.ndarray) -> np.ndarray:
+        """Where training rows of the split are in the cache (which holds `split.train`)."""
+        positions = np.searchsorted(self.split.train, rows)  # split.train is sorted
+        if not np.array_equal(self.split.train[np.minimum(positions, len(self.split.train) - 1)],
+                              rows):  # fmt: skip
+            raise ValueError("cached activations exist only for the split's training rows")
+        return positions
 
     def open_set(
         self, cfg: TransferConfig, train_cfg: TrainConfig, rotations: list[np.ndarray]

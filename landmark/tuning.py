@@ -9,35 +9,39 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import tempfile
+import time
+import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
+import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from landmark import config, tracking, training
+from landmark import config, data, plots, selection, tracking, training
 from landmark.config import TrainConfig, TuneConfig
 
 log = logging.getLogger(__name__)
 
 SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
-# train(params, on_epoch_end) -> FitResult; params are a trial's choices.
-TrainFn = Callable[[dict[str, Any], training.EpochCallback], training.FitResult]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def scratch_space(trial: optuna.Trial) -> dict[str, Any]:
-    """What `train_scratch` tunes: optimisation, regularisation and the CNN's size.
+    """What `train_scratch` tunes: optimisation, the CNN's size, and the regularisers that move
+    small CNNs most (augmentation, mixup/cutmix, label smoothing, stochastic depth, dropout).
 
-    Sizes stop at the default CNN's cost (width 32, depth 4, batches of 64 or more): the final
-    model trains for `epochs` with the chosen size, and a wider one would not fit the budget.
+    Sizes stay near the default CNN's cost (at most 1.5x: width 32 with 3 blocks per stage):
+    every trial trains for the full `epochs`.
     """
     return {
         "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
@@ -45,9 +49,12 @@ def scratch_space(trial: optuna.Trial) -> dict[str, Any]:
         "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
         "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
         "augment": trial.suggest_float("augment", 0.3, 1.0),
+        "mixup": trial.suggest_categorical("mixup", [0.0, 0.2, 0.5]),
         "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "drop_path": trial.suggest_float("drop_path", 0.0, 0.2),
         "depth": trial.suggest_int("depth", 3, 4),
         "width": trial.suggest_categorical("width", [16, 24, 32]),
+        "blocks": trial.suggest_int("blocks", 1, 3),
     }
 
 
@@ -95,17 +102,56 @@ def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(backend)
 
 
-# The choices of `TuneConfig.pruner` (a test checks they agree), given the trials' epochs.
-PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
-    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(1, max_resource=epochs),
-    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-    "none": lambda epochs: optuna.pruners.NopPruner(),
+class NoiseAwarePruner(optuna.pruners.BasePruner):
+    """`inner`'s decision, overruled while the trial is within one standard error of the best
+    value any other trial reported at the same step: differences inside the noise of
+    `photos(step)` validation photos prune nothing.
+    """
+
+    def __init__(self, inner: optuna.pruners.BasePruner, photos: Callable[[int], int]) -> None:
+        self.inner, self.photos = inner, photos
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if not self.inner.prune(study, trial):
+            return False
+        step = trial.last_step
+        value = trial.intermediate_values[step]
+        others = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and step in t.intermediate_values
+        ]
+        if not others:
+            return True
+        best = max(others)
+        se = math.sqrt((best * (1 - best) + value * (1 - value)) / max(self.photos(step), 1))
+        return value < best - se
+
+
+# The choices of `TuneConfig.pruner` (a test checks they agree), given the first step at which
+# a trial may be stopped and the last step (epochs, or folds).
+PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
+    "halving": lambda first, last: optuna.pruners.SuccessiveHalvingPruner(first, 3),
+    "hyperband": lambda first, last: optuna.pruners.HyperbandPruner(first, last, 3),
+    "median": lambda first, last: optuna.pruners.MedianPruner(3, n_warmup_steps=first),
+    "none": lambda first, last: optuna.pruners.NopPruner(),
 }
 
 
-def pruner_for(cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    """The pruner `cfg.pruner` names."""
-    return PRUNERS[cfg.pruner](cfg.trial_epochs)
+def pruner_for(cfg: TuneConfig, last: int, photos: Callable[[int], int]) -> NoiseAwarePruner:
+    """The pruner `cfg.pruner` names, for trials reporting steps 1..`last`: the first decision
+    after 1 fold (k-fold) or after a twentieth of the epochs (at least 2)."""
+    first = 1 if cfg.folds > 1 else max(2, last // 20)
+    return NoiseAwarePruner(PRUNERS[cfg.pruner](first, last), photos)
+
+
+# report(step, value): tell Optuna a trial's validation accuracy after `step` epochs or folds;
+# raises optuna.TrialPruned when the trial should stop.
+Report = Callable[[int, float], None]
+# train(params, report, trial) -> the trial's score; params are the trial's choices.
+TrainFn = Callable[[dict[str, Any], Report, optuna.Trial], selection.Score]
+CHECKPOINT = "checkpoint"  # user attribute: where a complete trial's weights are (its host's)
+TRIAL_WEIGHTS = "weights.pt"
 
 
 def tune(
@@ -114,19 +160,22 @@ def tune(
     train: TrainFn,
     cfg: TuneConfig,
     seed: int,
+    pruner: optuna.pruners.BasePruner,
     defaults: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study `study_name` until it has `cfg.n_trials` finished trials
     or `cfg.timeout` seconds have passed; return it.
 
-    A new study's first trial is `defaults` (the untuned parameters), so the gain of tuning is
-    visible in the study. A trial that raises is recorded as failed and the study goes on.
+    A new study's first trial is `defaults` (the untuned parameters): the final choice is
+    measured against it (`selection.select`). A trial still running when the time is up is
+    pruned, except the defaults' (without them there is nothing to compare with). A trial that
+    raises is recorded as failed and the study goes on.
     """
     study = optuna.create_study(
         storage=storage_for(cfg),
         study_name=study_name,
         direction="maximize",
-        pruner=pruner_for(cfg),
+        pruner=pruner,
         load_if_exists=True,
     )
     _fail_orphans(study)
@@ -142,8 +191,9 @@ def tune(
     remaining = cfg.n_trials - done
     log.info("Study %s: %d finished trials, %d to go", study_name, done, max(remaining, 0))
     if remaining > 0:
+        deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
         study.optimize(
-            _objective(study_name, space, train),
+            _objective(study_name, space, train, defaults, deadline),
             timeout=cfg.timeout or None,
             catch=(Exception,),
             callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)],
@@ -152,41 +202,124 @@ def tune(
     return study
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """What a study chose: the configs with its choices, and the chosen trial's trained
+    weights when this machine has them (single-split studies keep them: that trial is the
+    final model; see `_train_on_split`)."""
+
+    configs: tuple[Any, TrainConfig]
+    selection: selection.Selection
+    checkpoint: Path | None
+
+
+def splits_for(cfg: TuneConfig, split: data.TrainValRows, labels, seed: int) -> list:
+    """What trials train and validate on: `cfg.folds` stratified folds of the training split,
+    or the training/validation split itself (`folds` 1)."""
+    if cfg.folds <= 1:
+        return [split]
+    return data.stratified_folds(labels, split.train, cfg.folds, data.derive_seed(seed, 1))
+
+
 def tune_configs(
     study_name: str,
     space: SearchSpace,
     build: training.Builder,
     configs: tuple[Any, TrainConfig],
     cfg: TuneConfig,
+    splits: list[data.TrainValRows],
     seed: int,
     device: torch.device,
-) -> tuple[Any, TrainConfig]:
-    """Run the study (when `cfg.n_trials` > 0); return `configs` (the model's and the training
-    config) with the best trial's choices.
+    keep: Path | None = None,
+) -> Tuned:
+    """Run the study (when `cfg.n_trials` > 0) and choose the final configuration.
 
-    Trials train for `cfg.trial_epochs` epochs and are judged on validation accuracy. With
-    `trial_epochs` 0 they train exactly as the final model will (training is seeded), so the
-    final model repeats the best trial, and the default parameters (the first trial) can only
-    be kept or beaten.
+    Every trial trains for the full `epochs` of the training config (a trial is exactly a
+    final training; the pruner stops the clearly worse early). On one split, a trial's score
+    is its best epoch's per-photo correctness on validation, and complete trials keep their
+    weights under `keep/trial-<n>` (the chosen one is the final model); on k folds it is the
+    k fold accuracies, and the final model is trained afresh on the whole training split.
     """
     if cfg.n_trials <= 0:
-        return configs
+        return Tuned(configs, selection.Selection(None, {}, None, None, None, None, None,
+                                                  "no tuning (n_trials 0)"), None)  # fmt: skip
     model_cfg, train_cfg = configs
-    cfg = dataclasses.replace(cfg, trial_epochs=cfg.trial_epochs or train_cfg.epochs)
     defaults = choices(space, config.to_dict(model_cfg, train_cfg))
+    folds = len(splits) > 1
+    last = len(splits) if folds else train_cfg.epochs
 
-    def run_trial(params: dict, on_epoch_end) -> training.FitResult:
-        trial_cfg, trial_train_cfg = apply(params, model_cfg, train_cfg)
-        trial_train_cfg = dataclasses.replace(trial_train_cfg, epochs=cfg.trial_epochs, resume="")
-        _, net, train_loader, val_loader = build(trial_cfg, trial_train_cfg)
+    def photos(step: int) -> int:
+        return sum(len(s.val) for s in splits[:step]) if folds else len(splits[0].val)
+
+    def run_trial(params: dict, report: Report, trial: optuna.Trial) -> selection.Score:
+        trial_cfgs = apply(params, model_cfg, dataclasses.replace(train_cfg, resume=""))
+        if folds:
+            return _cross_validate(build, trial_cfgs, splits, report, seed, device)
+        # A name of its own: another study of the same name (another store) must not reuse it.
+        folder = keep / f"trial-{trial.number}-{uuid.uuid4().hex[:8]}" if keep else None
+        if folder:
+            trial.set_user_attr(CHECKPOINT, str(folder / TRIAL_WEIGHTS))
+        return _train_on_split(build, trial_cfgs, splits[0], report, seed, device, folder)
+
+    study = tune(
+        cfg.study_name or study_name, space, run_trial, cfg, seed,
+        pruner_for(cfg, last, photos), defaults,
+    )  # fmt: skip
+    chosen = log_study(study)
+    return Tuned(apply(chosen.params, model_cfg, train_cfg), chosen, _weights_of(study, chosen))
+
+
+def _weights_of(study: optuna.Study, chosen: selection.Selection) -> Path | None:
+    """The chosen trial's kept weights, if they are on this machine (else it is retrained:
+    training is seeded, so it repeats the trial)."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == chosen.number), None)
+    if trial is None or CHECKPOINT not in trial.user_attrs:
+        return None
+    path = Path(trial.user_attrs[CHECKPOINT])
+    if trial.user_attrs.get("host") == socket.gethostname() and path.is_file():
+        return path
+    log.info("Trial %d's weights are not on this machine: training it again", trial.number)
+    return None
+
+
+def _train_on_split(build, configs, split, report, seed, device, folder) -> selection.Score:
+    """One training on the validation split; its best epoch's per-photo correctness. With a
+    `folder`, a complete trial keeps its best weights and history there (`TRIAL_WEIGHTS`);
+    a pruned or failed one leaves nothing."""
+    _, net, train_loader, val_loader = build(*configs, split)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = training.fit(net, train_loader, val_loader, configs[1], seed, Path(tmp),
+                              device, on_epoch_end=_epoch_reporter(report))  # fmt: skip
+    logits, labels = training.predict(net, val_loader, device)
+    if folder:
+        training.save_weights(folder / TRIAL_WEIGHTS, net, result)
+    return selection.photo_score((logits.argmax(1) == labels).numpy())
+
+
+def _cross_validate(build, configs, splits, report, seed, device) -> selection.Score:
+    """One training per fold; the running mean accuracy is reported after each fold."""
+    accuracies = []
+    for f, split in enumerate(splits):
+        _, net, train_loader, val_loader = build(*configs, split)
         with tempfile.TemporaryDirectory() as tmp:
-            return training.fit(
-                net, train_loader, val_loader, trial_train_cfg, seed, Path(tmp), device,
-                on_epoch_end=on_epoch_end,
+            result = training.fit(
+                net, train_loader, val_loader, configs[1], data.derive_seed(seed, f), Path(tmp),
+                device, on_epoch_end=tracking.epoch_logger(prefix=f"fold{f + 1}/"),
             )  # fmt: skip
+        accuracies.append(result.best_val_acc)
+        tracking.log_metrics({"cv/acc": result.best_val_acc}, step=f + 1)
+        report(f + 1, sum(accuracies) / len(accuracies))
+    return selection.fold_score(accuracies)
 
-    study = tune(cfg.study_name or study_name, space, run_trial, cfg, seed, defaults)
-    return apply(log_study(study)["best_params"], model_cfg, train_cfg)
+
+def _epoch_reporter(report: Report) -> training.EpochCallback:
+    log_epoch = tracking.epoch_logger()
+
+    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+        log_epoch(epoch, metrics)
+        report(epoch + 1, metrics["val/acc"])
+
+    return on_epoch_end
 
 
 def apply(params: dict[str, Any], *configs: Any) -> tuple:
@@ -198,17 +331,19 @@ def apply(params: dict[str, Any], *configs: Any) -> tuple:
     return tuple(out)
 
 
-def _objective(study_name: str, space: SearchSpace, train: TrainFn):
+def _objective(study_name, space, train: TrainFn, defaults, deadline: float):
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         params = space(trial)
+        is_defaults = defaults is not None and params == defaults
+        trial.set_user_attr(selection.DEFAULTS, is_defaults)
         pruned = None
         tags = {"optuna.study": study_name, "optuna.trial": str(trial.number)}
         with tracking.start_run(f"trial {trial.number}", tags=tags):
             tracking.log_params(params)
             try:
-                result = train(params, _reporter(trial))
+                score = train(params, _reporter(trial, deadline, is_defaults), trial)
             except optuna.TrialPruned as stop:  # a normal end for a trial: not a failed run
                 pruned = stop
             except Exception:
@@ -216,23 +351,25 @@ def _objective(study_name: str, space: SearchSpace, train: TrainFn):
                 log.exception("Trial %d failed", trial.number)
                 raise
             tracking.set_tags({"optuna.state": "PRUNED" if pruned else "COMPLETE"})
+            if pruned is None:
+                tracking.log_metrics({"score": score.mean, "score_se": score.se})
         if pruned is not None:
             raise pruned
-        return result.best_val_acc
+        trial.set_user_attr(selection.UNITS, {"kind": score.kind, "values": list(score.units)})
+        return score.mean
 
     return objective
 
 
-def _reporter(trial: optuna.Trial) -> training.EpochCallback:
-    log_epoch = tracking.epoch_logger()
-
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        log_epoch(epoch, metrics)
-        trial.report(metrics["val/acc"], epoch)
+def _reporter(trial: optuna.Trial, deadline: float, is_defaults: bool) -> Report:
+    def report(step: int, value: float) -> None:
+        trial.report(value, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"trial {trial.number} pruned after epoch {epoch + 1}")
+            raise optuna.TrialPruned(f"trial {trial.number} pruned after step {step}")
+        if not is_defaults and time.monotonic() > deadline:
+            raise optuna.TrialPruned(f"trial {trial.number} stopped: the study's time is up")
 
-    return on_epoch_end
+    return report
 
 
 def _fail_orphans(study: optuna.Study) -> None:
@@ -255,37 +392,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def summary(study: optuna.Study) -> dict[str, Any]:
-    """Counts of trials by state, the best trial, and the first (default-parameter) trial."""
+def log_study(study: optuna.Study) -> selection.Selection:
+    """Choose the final configuration (`selection.select`) and log the study to the active
+    (parent) run: counts, the chosen and the default scores with standard errors, the decision
+    as tags, the trials table (with standard errors) and plots."""
     trials = study.get_trials(deepcopy=False)
+    chosen = selection.select(trials)
     counts = {state.name.lower(): 0 for state in FINISHED}
     for trial in trials:
         if trial.state in FINISHED:
             counts[trial.state.name.lower()] += 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = study.best_trial if complete else None
-    first = next((t for t in trials if t.number == 0 and t.state == TrialState.COMPLETE), None)
-    return {
-        "counts": counts,
-        "best_params": best.params if best else {},
-        "best_value": best.value if best else None,
-        "best_number": best.number if best else None,
-        "default_value": first.value if first else None,
-    }
-
-
-def log_study(study: optuna.Study) -> dict[str, Any]:
-    """Log the study to the active (parent) run: counts, best parameters, plots, trial table."""
-    info = summary(study)
-    metrics = {f"tuning/trials_{state}": n for state, n in info["counts"].items()}
-    if info["best_value"] is not None:
-        metrics["tuning/best_val_acc"] = info["best_value"]
-    if info["default_value"] is not None:
-        metrics["tuning/default_val_acc"] = info["default_value"]
+    metrics = {f"tuning/trials_{state}": n for state, n in counts.items()}
+    for name, score in (("chosen", chosen.score), ("default", chosen.default_score)):
+        if score is not None:
+            metrics.update({f"tuning/{name}_score": score.mean, f"tuning/{name}_se": score.se})
+    if chosen.gain is not None:
+        metrics.update({"tuning/gain": chosen.gain, "tuning/gain_se": chosen.gain_se})
     tracking.log_metrics(metrics)
-    tracking.log_params({f"best_{k}": v for k, v in info["best_params"].items()})
-    tracking.log_dict(info, "tuning/summary.json")
-    tracking.log_text(study.trials_dataframe().to_csv(index=False), "tuning/trials.csv")
+    decision = "defaults" if chosen.defaults_won else f"trial {chosen.number}"
+    tracking.set_tags({"tuning.decision": decision, "tuning.reason": chosen.reason[:5000]})
+    tracking.log_params({f"best_{k}": v for k, v in chosen.params.items()})
+    table = selection.trials_table(trials, chosen)
+    tracking.log_dict(
+        {"counts": counts, "chosen": chosen.number, "defaults": chosen.default_number,
+         "params": chosen.params, "reason": chosen.reason, "trials": table},
+        "tuning/summary.json",
+    )  # fmt: skip
+    tracking.log_text(pd.DataFrame(table).to_csv(index=False), "tuning/trials.csv")
+    tracking.log_figure(plots.trial_scores(table), "plots/trial_scores.png")
     for name, plot in _PLOTS.items():
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
@@ -296,12 +430,11 @@ def log_study(study: optuna.Study) -> dict[str, Any]:
             continue
         tracking.log_figure(axes.figure, f"plots/{name}.png")
         plt.close(axes.figure)
-    log.info("Study: %s", info)
-    return info
+    log.info("Tuning chose %s: %s", decision, chosen.reason)
+    return chosen
 
 
 _PLOTS: dict[str, Callable[[optuna.Study], Any]] = {
-    "optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
     "param_importances": optuna.visualization.matplotlib.plot_param_importances,
     "intermediate_values": optuna.visualization.matplotlib.plot_intermediate_values,
 }

@@ -139,3 +139,21 @@ def test_imagenet_logits_match_the_reference_package(variant):
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="unknown architecture 'vgg99'"):
         models.build_model("vgg99", 3)
+
+
+def test_stochastic_depth_skips_blocks_in_training_only_and_scripts():
+    torch.manual_seed(0)
+    model = build_model("landmark_cnn", 3, image_size=48, width=8, depth=2, blocks=2, drop_path=0.5)
+    rates = [m.drop_path.p for m in model.modules() if isinstance(m, models.ResidualBlock)]
+    assert rates == [0.125, 0.25, 0.375, 0.5]  # rising linearly to the last block
+    x = photos(8, 48)
+    model.train()
+    torch.manual_seed(1)
+    first = model.forward_features(x)
+    assert not torch.allclose(first, model.forward_features(x))  # other blocks dropped
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    scripted = torch.jit.script(model)
+    assert torch.allclose(scripted(x), model(x), atol=1e-5)
+    plain = build_model("landmark_cnn", 3, image_size=48, width=8, depth=2, blocks=2)
+    assert plain.state_dict().keys() == model.state_dict().keys()  # no new weights

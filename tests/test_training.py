@@ -220,3 +220,34 @@ def test_checkpoints_of_every_schedule_load_as_weights_only(tmp_path, schedule, 
     restored.step()
     assert restored.get_last_lr() == sched.get_last_lr()
     assert restored.last_epoch == sched.last_epoch == 4
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_mix_batch_blends_pairs_by_the_share_it_reports(cut):
+    np.random.seed(0)
+    torch.manual_seed(0)
+    images = torch.stack([torch.full((3, 16, 16), 10 * i, dtype=torch.uint8) for i in range(8)])
+    labels = torch.arange(8)
+    mixed, others, share = training.mix_batch(images, labels, alpha=1.0, cut=cut)
+    assert 0.0 < share < 1.0 and mixed.shape == images.shape
+    partner = others  # photo i of the batch was mixed with photo others[i] (labels are indices)
+    expected_mean = share * images.float().mean((1, 2, 3)) + (1 - share) * images[
+        partner
+    ].float().mean((1, 2, 3))
+    assert torch.allclose(mixed.float().mean((1, 2, 3)), expected_mean, atol=1e-3)
+    if cut:  # a box pasted in: uint8 kept, and its true area is the reported share
+        assert mixed.dtype == torch.uint8
+        pasted = (mixed != images).any(dim=1)[labels != partner]
+        assert pasted.float().mean((1, 2)).allclose(torch.tensor(1 - share), atol=1e-6)
+
+
+def test_mixup_changes_training_and_is_seeded(data_cfg, tmp_path):
+    def train(mixup: float) -> list[float]:
+        model = tiny_model()
+        cfg = dataclasses.replace(TINY, mixup=mixup)
+        result = training.fit(model, *loaders(data_cfg, model), cfg, 0, tmp_path / str(mixup), CPU)
+        return [h["train/loss"] for h in result.history]
+
+    mixed = train(0.4)
+    assert mixed == train(0.4)  # the mixing draws come from the epoch's seed
+    assert mixed != train(0.0)
