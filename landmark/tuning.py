@@ -290,7 +290,9 @@ def _train_on_split(build, configs, split, report, seed, device, folder) -> sele
     with tempfile.TemporaryDirectory() as tmp:
         result = training.fit(net, train_loader, val_loader, configs[1], seed, Path(tmp),
                               device, on_epoch_end=_epoch_reporter(report))  # fmt: skip
-    logits, labels = training.predict(net, val_loader, device)
+    # Scored as `fit` validated (same autocast), so the score is the best epoch's val/acc.
+    dtype = training.autocast_dtype(configs[1].precision, device)
+    logits, labels = training.predict(net, val_loader, device, dtype)
     if folder:
         training.save_weights(folder / TRIAL_WEIGHTS, net, result)
     return selection.photo_score((logits.argmax(1) == labels).numpy())
