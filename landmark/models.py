@@ -86,7 +86,7 @@ class LandmarkCNN(nn.Module):
         blocks: int,
         norm: str,
         dropout: float,
-        drop_path: float = 0.0,
+        drop_path: float,
         image_size: int,
     ) -> None:
         super().__init__()

@@ -84,6 +84,8 @@ class Selection:
     gain: float | None  # chosen minus defaults (0 when the defaults are chosen)
     gain_se: float | None  # standard error of that paired difference
     reason: str
+    # The highest-scoring other trial, and its paired difference to the defaults ± SE.
+    best_other: tuple[int, float, float] | None = None
 
     @property
     def defaults_won(self) -> bool:
@@ -92,9 +94,12 @@ class Selection:
 
 def select(trials: list[FrozenTrial], z: float = 1.0) -> Selection:
     """The final configuration: the default-parameter trial, unless a trial beats it by more
-    than `z` standard errors of their paired difference; of those, the one scoring highest.
+    than `z` standard errors of their paired difference; of those, the one whose gain is
+    surest (highest gain - z * SE). Only trials scored on the defaults' units compete.
 
     Without a complete default trial (a study started elsewhere), the highest-scoring trial.
+    With many trials some beat the defaults by one standard error by chance alone (README,
+    Tuning); a larger `z` asks for more.
     """
     scored = [(t, s) for t in trials if (s := score_of(t)) is not None]
     if not scored:
@@ -105,20 +110,19 @@ def select(trials: list[FrozenTrial], z: float = 1.0) -> Selection:
         reason = f"trial {best.number} scored highest ({score}); no default trial to compare"
         return Selection(best.number, best.params, score, None, None, None, None, reason)
     default_trial, default_score = defaults
-    winners = []
-    for trial, score in scored:
-        gain, se = score.minus(default_score)
-        if trial is not default_trial and gain > z * se:
-            winners.append((score.mean, -trial.number, trial, score, gain, se))
+    others = [
+        (t, s, *s.minus(default_score))
+        for t, s in scored
+        if t is not default_trial
+        and (s.kind, len(s.units)) == (default_score.kind, len(default_score.units))
+    ]
+    best_other = max(others, key=lambda o: (o[1].mean, -o[0].number), default=None)
+    runner_up = (best_other[0].number, best_other[2], best_other[3]) if best_other else None
+    winners = [o for o in others if o[2] > z * o[3]]
     if not winners:
-        close = [
-            (score.minus(default_score), t.number) for t, score in scored if t is not default_trial
-        ]
-        best_other = max(close, default=None)
         detail = (
-            f"; the best other, trial {best_other[1]}, by {best_other[0][0]:+.4f} "
-            f"± {best_other[0][1]:.4f}"
-            if best_other
+            f"; the best other, trial {runner_up[0]}, by {runner_up[1]:+.4f} ± {runner_up[2]:.4f}"
+            if runner_up
             else ""
         )
         reason = (
@@ -127,13 +131,14 @@ def select(trials: list[FrozenTrial], z: float = 1.0) -> Selection:
         )
         return Selection(
             default_trial.number, default_trial.params, default_score,
-            default_trial.number, default_score, 0.0, 0.0, reason,
+            default_trial.number, default_score, 0.0, 0.0, reason, runner_up,
         )  # fmt: skip
-    _, _, trial, score, gain, se = max(winners, key=lambda w: w[:2])
+    trial, score, gain, se = max(winners, key=lambda w: (w[2] - z * w[3], -w[0].number))
     reason = f"trial {trial.number} ({score}) beat the defaults by {gain:+.4f} ± {se:.4f}"
     return Selection(
-        trial.number, trial.params, score, default_trial.number, default_score, gain, se, reason
-    )
+        trial.number, trial.params, score, default_trial.number, default_score, gain, se, reason,
+        runner_up,
+    )  # fmt: skip
 
 
 def trials_table(trials: list[FrozenTrial], chosen: Selection) -> list[dict[str, Any]]:

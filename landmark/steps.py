@@ -25,6 +25,7 @@ from landmark import (
     plots,
     promotion,
     scratch,
+    search,
     selection,
     tracking,
     training,
@@ -91,8 +92,10 @@ def train_transfer(
         tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg, open_cfg))
         dataset, split = _load(data_cfg)
         build = transfer.Builder(data_cfg, cfg, train_cfg, dataset, split, device)
-        space = tuning.transfer_space(0 if cfg.mode == "frozen" else cfg.trainable_blocks)
-        study = f"train_transfer-{cfg.arch}-{dataset.fingerprint[:12]}"
+        space = search.transfer_space(0 if cfg.mode == "frozen" else cfg.trainable_blocks)
+        study = tuning.study_name_for(
+            f"train_transfer-{cfg.arch}", dataset.fingerprint, tune_cfg, data_cfg, cfg, train_cfg
+        )
         splits = tuning.splits_for(tune_cfg, split, dataset.train.labels, data_cfg.seed)
         tuned = tuning.tune_configs(
             study, space, build, (cfg, train_cfg), tune_cfg, splits, data_cfg.seed, device
@@ -127,10 +130,12 @@ def train_scratch(
         tracking.log_params(to_dict(data_cfg, cfg, train_cfg, tune_cfg, open_cfg))
         dataset, split = _load(data_cfg)
         build = scratch.Builder(data_cfg.seed, dataset, split)
-        study = f"train_scratch-{dataset.fingerprint[:12]}"
+        study = tuning.study_name_for(
+            "train_scratch", dataset.fingerprint, tune_cfg, data_cfg, cfg, train_cfg
+        )
         splits = tuning.splits_for(tune_cfg, split, dataset.train.labels, data_cfg.seed)
         tuned = tuning.tune_configs(
-            study, tuning.scratch_space, build, (cfg, train_cfg), tune_cfg, splits,
+            study, search.scratch_space, build, (cfg, train_cfg), tune_cfg, splits,
             data_cfg.seed, device, keep=_checkpoints(data_cfg, "trials"),
         )  # fmt: skip
         cfg, train_cfg = tuned.configs

@@ -290,9 +290,12 @@ class Builder:
     def _positions(self, rows: np.ndarray) -> np.ndarray:
         """Where training rows of the split are in the cache (which holds `split.train`)."""
         positions = np.searchsorted(self.split.train, rows)  # split.train is sorted
-        if not np.array_equal(self.split.train[np.minimum(positions, len(self.split.train) - 1)],
-                              rows):  # fmt: skip
-            raise ValueError("cached activations exist only for the split's training rows")
+        found = self.split.train[np.minimum(positions, len(self.split.train) - 1)] == rows
+        if not found.all():
+            raise ValueError(
+                f"rows {rows[~found][:5].tolist()} are not training rows of the split: cached "
+                "activations exist only for those (folds must split `split.train`)"
+            )
         return positions
 
     def open_set(

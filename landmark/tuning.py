@@ -1,13 +1,16 @@
-"""Optuna tuning: search spaces, the study (storage, sampler, pruner) and its MLflow record.
+"""Optuna tuning: the study (storage, sampler, trials, time budget) and its MLflow record.
 
-A study runs inside the step's MLflow run; every trial is a nested run. Trials train with the one
-`fit` loop; its epoch callback logs the epoch, reports validation accuracy to Optuna and raises
-`optuna.TrialPruned` when the pruner says so. The test split is never seen here.
+A study runs inside the step's MLflow run; every trial is a nested run that trains with the one
+`fit` loop (on one split or on k folds), reports validation accuracy to Optuna and stops when
+the pruner (`search`) says so. The final choice is `selection.select`'s. The test split is
+never seen here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,70 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import optuna
 import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from landmark import config, data, plots, selection, tracking, training
+from landmark import config, data, plots, search, selection, tracking, training
 from landmark.config import TrainConfig, TuneConfig
 
 log = logging.getLogger(__name__)
 
-SearchSpace = Callable[[optuna.Trial], dict[str, Any]]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def scratch_space(trial: optuna.Trial) -> dict[str, Any]:
-    """What `train_scratch` tunes: optimisation, the CNN's size, and the regularisers that move
-    small CNNs most (augmentation, mixup/cutmix, label smoothing, stochastic depth, dropout).
-
-    Sizes stay near the default CNN's cost (at most 1.5x: width 32 with 3 blocks per stage):
-    every trial trains for the full `epochs`.
-    """
-    return {
-        "lr": trial.suggest_float("lr", 1e-3, 1e-2, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 0.005, 0.2, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
-        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-        "augment": trial.suggest_float("augment", 0.3, 1.0),
-        "mixup": trial.suggest_categorical("mixup", [0.0, 0.2, 0.5]),
-        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-        "drop_path": trial.suggest_float("drop_path", 0.0, 0.2),
-        "depth": trial.suggest_int("depth", 3, 4),
-        "width": trial.suggest_categorical("width", [16, 24, 32]),
-        "blocks": trial.suggest_int("blocks", 1, 3),
-    }
-
-
-def transfer_space(max_trainable_blocks: int) -> SearchSpace:
-    """What `train_transfer` tunes: optimisation, regularisation, head size, stages trained.
-
-    Augmentation strength is not tuned here: the augmented views are cached once per run.
-    """
-
-    def space(trial: optuna.Trial) -> dict[str, Any]:
-        return {
-            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-3, 0.1, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
-            "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "head_size": trial.suggest_categorical("head_size", [0, 256, 512]),
-            "trainable_blocks": trial.suggest_int("trainable_blocks", 0, max_trainable_blocks),
-        }
-
-    return space
-
-
-def choices(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The point of `space` that `config` (flattened configs) stands for, e.g. the defaults;
-    None when `config` lies outside the space (then the study starts without it)."""
-    try:
-        return space(optuna.trial.FixedTrial(config))
-    except ValueError as err:
-        log.warning("The configured parameters are not a point of the search space: %s", err)
-        return None
 
 
 def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
@@ -102,49 +53,6 @@ def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(backend)
 
 
-class NoiseAwarePruner(optuna.pruners.BasePruner):
-    """`inner`'s decision, overruled while the trial is within one standard error of the best
-    value any other trial reported at the same step: differences inside the noise of
-    `photos(step)` validation photos prune nothing.
-    """
-
-    def __init__(self, inner: optuna.pruners.BasePruner, photos: Callable[[int], int]) -> None:
-        self.inner, self.photos = inner, photos
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if not self.inner.prune(study, trial):
-            return False
-        step = trial.last_step
-        value = trial.intermediate_values[step]
-        others = [
-            t.intermediate_values[step]
-            for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and step in t.intermediate_values
-        ]
-        if not others:
-            return True
-        best = max(others)
-        se = math.sqrt((best * (1 - best) + value * (1 - value)) / max(self.photos(step), 1))
-        return value < best - se
-
-
-# The choices of `TuneConfig.pruner` (a test checks they agree), given the first step at which
-# a trial may be stopped and the last step (epochs, or folds).
-PRUNERS: dict[str, Callable[[int, int], optuna.pruners.BasePruner]] = {
-    "halving": lambda first, last: optuna.pruners.SuccessiveHalvingPruner(first, 3),
-    "hyperband": lambda first, last: optuna.pruners.HyperbandPruner(first, last, 3),
-    "median": lambda first, last: optuna.pruners.MedianPruner(3, n_warmup_steps=first),
-    "none": lambda first, last: optuna.pruners.NopPruner(),
-}
-
-
-def pruner_for(cfg: TuneConfig, last: int, photos: Callable[[int], int]) -> NoiseAwarePruner:
-    """The pruner `cfg.pruner` names, for trials reporting steps 1..`last`: the first decision
-    after 1 fold (k-fold) or after a twentieth of the epochs (at least 2)."""
-    first = 1 if cfg.folds > 1 else max(2, last // 20)
-    return NoiseAwarePruner(PRUNERS[cfg.pruner](first, last), photos)
-
-
 # report(step, value): tell Optuna a trial's validation accuracy after `step` epochs or folds;
 # raises optuna.TrialPruned when the trial should stop.
 Report = Callable[[int, float], None]
@@ -156,7 +64,7 @@ TRIAL_WEIGHTS = "weights.pt"
 
 def tune(
     study_name: str,
-    space: SearchSpace,
+    space: search.SearchSpace,
     train: TrainFn,
     cfg: TuneConfig,
     seed: int,
@@ -186,7 +94,7 @@ def tune(
     study.sampler = optuna.samplers.TPESampler(
         seed=seed + done + 7919 * running, n_startup_trials=5, constant_liar=True
     )
-    if defaults and not study.trials:
+    if defaults:  # also into a continued study; never twice
         study.enqueue_trial(defaults, skip_if_exists=True)
     remaining = cfg.n_trials - done
     log.info("Study %s: %d finished trials, %d to go", study_name, done, max(remaining, 0))
@@ -213,17 +121,53 @@ class Tuned:
     checkpoint: Path | None
 
 
-def splits_for(cfg: TuneConfig, split: data.TrainValRows, labels, seed: int) -> list:
+# Settings that do not change what a trial measures, left out of a derived study name.
+_NOT_MEASURED = {
+    "data",
+    "sha256",
+    "cache_dir",
+    "device",
+    "num_workers",
+    "resume",
+    "max_unzipped_gb",
+}
+
+
+def study_name_for(step: str, fingerprint: str, tune_cfg: TuneConfig, *configs: Any) -> str:
+    """`tune_cfg.study_name`, or a name of the step, the data and every setting that changes
+    what a trial measures (seed, split, epochs, folds, the defaults...): rerunning the same
+    command continues the study; changing a setting starts a new one instead of comparing
+    scores measured on other photos or with other settings."""
+    if tune_cfg.study_name:
+        return tune_cfg.study_name
+    settings = {k: v for k, v in config.to_dict(*configs).items() if k not in _NOT_MEASURED}
+    settings["folds"] = tune_cfg.folds
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{step}-{fingerprint[:12]}-{digest[:8]}"
+
+
+FOLDS_STREAM = 0xF01D  # the folds' own random stream of the data seed (views and epochs: 0, 1, ..)
+
+
+def splits_for(
+    cfg: TuneConfig, split: data.TrainValRows, labels: np.ndarray, seed: int
+) -> list[data.TrainValRows]:
     """What trials train and validate on: `cfg.folds` stratified folds of the training split,
     or the training/validation split itself (`folds` 1)."""
     if cfg.folds <= 1:
         return [split]
-    return data.stratified_folds(labels, split.train, cfg.folds, data.derive_seed(seed, 1))
+    if cfg.folds > len(split.train) // 2:
+        raise ValueError(
+            f"folds={cfg.folds} is too many for {len(split.train)} training photos: "
+            "use at most half as many folds as photos (5 is usual), or folds=1"
+        )
+    seed = data.derive_seed(seed, FOLDS_STREAM)
+    return data.stratified_folds(labels, split.train, cfg.folds, seed)
 
 
 def tune_configs(
     study_name: str,
-    space: SearchSpace,
+    space: search.SearchSpace,
     build: training.Builder,
     configs: tuple[Any, TrainConfig],
     cfg: TuneConfig,
@@ -244,7 +188,7 @@ def tune_configs(
         return Tuned(configs, selection.Selection(None, {}, None, None, None, None, None,
                                                   "no tuning (n_trials 0)"), None)  # fmt: skip
     model_cfg, train_cfg = configs
-    defaults = choices(space, config.to_dict(model_cfg, train_cfg))
+    defaults = search.choices(space, config.to_dict(model_cfg, train_cfg))
     folds = len(splits) > 1
     last = len(splits) if folds else train_cfg.epochs
 
@@ -262,8 +206,8 @@ def tune_configs(
         return _train_on_split(build, trial_cfgs, splits[0], report, seed, device, folder)
 
     study = tune(
-        cfg.study_name or study_name, space, run_trial, cfg, seed,
-        pruner_for(cfg, last, photos), defaults,
+        study_name, space, run_trial, cfg, seed,
+        search.pruner_for(cfg, last, photos), defaults,
     )  # fmt: skip
     chosen = log_study(study)
     return Tuned(apply(chosen.params, model_cfg, train_cfg), chosen, _weights_of(study, chosen))
@@ -366,7 +310,9 @@ def _objective(study_name, space, train: TrainFn, defaults, deadline: float):
 def _reporter(trial: optuna.Trial, deadline: float, is_defaults: bool) -> Report:
     def report(step: int, value: float) -> None:
         trial.report(value, step)
-        if trial.should_prune():
+        # The defaults' trial is asked too (pruners record rung values) but always goes on:
+        # every other trial is compared with it.
+        if trial.should_prune() and not is_defaults:
             raise optuna.TrialPruned(f"trial {trial.number} pruned after step {step}")
         if not is_defaults and time.monotonic() > deadline:
             raise optuna.TrialPruned(f"trial {trial.number} stopped: the study's time is up")
@@ -410,8 +356,12 @@ def log_study(study: optuna.Study) -> selection.Selection:
             metrics.update({f"tuning/{name}_score": score.mean, f"tuning/{name}_se": score.se})
     if chosen.gain is not None:
         metrics.update({"tuning/gain": chosen.gain, "tuning/gain_se": chosen.gain_se})
+    if chosen.best_other is not None:  # the best challenger, whether it won or not
+        _, gain, se = chosen.best_other
+        metrics.update({"tuning/best_other_gain": gain, "tuning/best_other_gain_se": se})
     tracking.log_metrics(metrics)
-    decision = "defaults" if chosen.defaults_won else f"trial {chosen.number}"
+    decision = {None: "none"}.get(chosen.number, f"trial {chosen.number}")
+    decision = "defaults" if chosen.defaults_won else decision
     tracking.set_tags({"tuning.decision": decision, "tuning.reason": chosen.reason[:5000]})
     tracking.log_params({f"best_{k}": v for k, v in chosen.params.items()})
     table = selection.trials_table(trials, chosen)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from landmark import cli, models, training, tuning
+from landmark import cli, models, search, training
 from landmark.config import (
     ENTRY_POINTS,
     SCRATCH_ARCH,
@@ -99,7 +99,7 @@ def test_the_code_offers_exactly_the_choices_the_configs_allow():
     assert set(models.NORMS) == choices(ScratchConfig, "norm")
     assert set(training.OPTIMIZERS) == choices(TrainConfig, "optimizer")
     assert set(training.SCHEDULES) == choices(TrainConfig, "schedule")
-    assert set(tuning.PRUNERS) == choices(TuneConfig, "pruner")
+    assert set(search.PRUNERS) == choices(TuneConfig, "pruner")
 
 
 @pytest.mark.parametrize(("cls", "name", "typo", "valid"), TYPOS)

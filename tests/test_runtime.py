@@ -49,7 +49,8 @@ TRAINING_SIDE = {
     "landmark.data", "landmark.sources", "landmark.preprocessing", "landmark.efficientnet_lite",
     "landmark.models", "landmark.transfer", "landmark.training", "landmark.tuning",
     "landmark.evaluation", "landmark.export", "landmark.plots", "landmark.promotion",
-    "landmark.steps", "landmark.scratch", "landmark.openset",
+    "landmark.steps", "landmark.scratch", "landmark.openset", "landmark.search",
+    "landmark.selection",
 }  # fmt: skip
 
 
