@@ -222,8 +222,7 @@ def _checkpoints(data_cfg: DataConfig, name: str) -> Path:
 
 def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, metadata, device):
     """`training.fit` with MLflow epoch logging; checkpoints under `cache_dir/checkpoints/<run>`."""
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    tracking.log_params({"trainable_parameters": trainable})
+    _log_trainable(net)
     checkpoints = _checkpoints(data_cfg, run_id)
     tracking.set_tags({"checkpoint_dir": str(checkpoints)})
     result = training.fit(
@@ -237,7 +236,7 @@ def _fit(net, train_loader, val_loader, cfg, data_cfg, run_id, metadata, device)
 
 def _restore(net: nn.Module, weights: Path) -> training.FitResult:
     """The chosen trial's weights as the final model, its epochs logged as if trained here."""
-    tracking.log_params({"trainable_parameters": sum(p.numel() for p in net.parameters())})
+    _log_trainable(net)
     tracking.set_tags({"checkpoint_dir": str(weights.parent)})
     result = training.load_weights(weights, net)
     log_epoch = tracking.epoch_logger()
@@ -246,6 +245,11 @@ def _restore(net: nn.Module, weights: Path) -> training.FitResult:
     log.info("The final model is the chosen trial's, from %s", weights)
     _log_fit(result)
     return result
+
+
+def _log_trainable(net: nn.Module) -> None:
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    tracking.log_params({"trainable_parameters": trainable})
 
 
 def _log_fit(result: training.FitResult) -> None:

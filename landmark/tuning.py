@@ -360,8 +360,10 @@ def log_study(study: optuna.Study) -> selection.Selection:
         _, gain, se = chosen.best_other
         metrics.update({"tuning/best_other_gain": gain, "tuning/best_other_gain_se": se})
     tracking.log_metrics(metrics)
-    decision = {None: "none"}.get(chosen.number, f"trial {chosen.number}")
-    decision = "defaults" if chosen.defaults_won else decision
+    if chosen.number is None:
+        decision = "none"
+    else:
+        decision = "defaults" if chosen.defaults_won else f"trial {chosen.number}"
     tracking.set_tags({"tuning.decision": decision, "tuning.reason": chosen.reason[:5000]})
     tracking.log_params({f"best_{k}": v for k, v in chosen.params.items()})
     table = selection.trials_table(trials, chosen)
