@@ -46,17 +46,26 @@ def main(argv: list[str] | None = None) -> None:
     app = commands.add_parser("app", help="the web app: drop in photos, see the landmark")
     add_arguments(app, AppConfig, switches=True)
     tag = commands.add_parser("tag", help="tag photo folders: XMP sidecars, report, folders")
-    tag.add_argument("paths", nargs="+", type=Path, help="photo files or folders (recursive)")
+    tag.add_argument("paths", nargs="*", type=Path, help="photo files or folders (recursive)")
     add_arguments(tag, TagConfig, switches=True)
     args = parser.parse_args(argv)
     command = app if args.command == "app" else tag
     cfg = _build(command, AppConfig if args.command == "app" else TagConfig, args)
+    if args.command == "tag" and bool(args.paths) == bool(cfg.apply):
+        command.error("give photo folders to tag or plan, or --apply PLAN (not both)")
     setup_logging()
     if args.command == "tag":
         from landmark.runtime import tagging
 
-        tagging.tag(args.paths, cfg)
+        try:
+            tagging.tag(args.paths, cfg)
+        except tagging.InputError as e:  # a GPX file, plan or offset unfit: nothing written
+            command.exit(2, f"landmark tag: error: {e}\n")
     else:
         from landmark.runtime import app as web_app
+        from landmark.runtime.review import PlanError
 
-        web_app.run(cfg)
+        try:
+            web_app.run(cfg)
+        except PlanError as e:
+            command.exit(2, f"landmark app: error: {e}\n")

@@ -375,6 +375,10 @@ class AppConfig(Validated):
         "(requests naming another Host are refused: DNS-rebinding guard)",
     )  # fmt: skip
     max_upload_mb: int = _param(50, "largest photo upload, in MB", allowed=AT_LEAST_1)
+    review: str = _param(
+        "", "review this `landmark tag --plan` report instead (accept or reject per photo and "
+        "per group; decisions are saved next to it)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -396,6 +400,30 @@ class TagConfig(Validated):
     engine: str = _param("local", "local (this process) or spark", choices=("local", "spark"))
     spark_master: str = _param("local[2]", "Spark master URL (--engine spark)")
     spark_ui: bool = _param(False, "start Spark's web UI (on 127.0.0.1 only; it has no login)")
+    plan: bool = _param(False, "write the report only (no sidecar, link or copy): review it first")
+    apply: str = _param(
+        "", "write sidecars (and links/copies if asked) for the rows accepted in this plan's "
+        "review (`landmark app --review PLAN`), for photos unchanged since the plan",
+    )  # fmt: skip
+    gpx: tuple[str, ...] = _param((), "GPX track files: photos are placed where the track was")
+    gpx_max_gap: float = _param(
+        30.0, "interpolate between GPX points at most this many minutes apart (exiftool's "
+        "default)", allowed=POSITIVE,
+    )  # fmt: skip
+    time_window: float = _param(
+        30.0, "a photo with no place takes an anchor's within this many minutes (0: never)",
+        allowed=AT_LEAST_0,
+    )  # fmt: skip
+    trip_gap: float = _param(
+        180.0, "photos more than this many minutes apart are different trips", allowed=POSITIVE
+    )
+    time_offset: tuple[str, ...] = _param(
+        (), 'a camera clock\'s UTC offset, as EXIF writes it: "Canon EOS R6=+01:00" (repeat '
+        "for each camera; others are estimated or kept to their own photos)",
+    )  # fmt: skip
+    agree_km: float = _param(
+        1.0, "anchors farther apart than this many km are different places", allowed=POSITIVE
+    )
 
 
 # Which config classes make up the parameters of each MLproject entry point.
@@ -429,6 +457,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, switches: bool = F
         if switches and isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, action="store_true", help=text)
             continue
+        if isinstance(f.default, tuple):  # several values, or the flag given several times
+            group.add_argument(flag, dest=f.name, nargs="+", action="extend", help=text)
+            continue
         group.add_argument(
             flag,
             dest=f.name,
@@ -445,8 +476,11 @@ def from_args(cls: type[T], namespace: argparse.Namespace) -> T:
     Raises:
         ValueError: a value outside what the field allows, naming the field.
     """
-    names = [f.name for f in dataclasses.fields(cls)]
-    return cls(**{name: getattr(namespace, name) for name in names})
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if isinstance(f.default, tuple):
+            values[f.name] = tuple(values[f.name] or f.default)
+    return cls(**values)
 
 
 def to_dict(*configs: Any) -> dict[str, Any]:

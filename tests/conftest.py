@@ -243,6 +243,16 @@ def champion(tmp_path_factory):
         yield "models:/landmark-classifier@champion"
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium (`tests/browser.py`), one per test module."""
+    from browser import new_browser
+
+    driver = new_browser()
+    yield driver
+    driver.quit()
+
+
 def gps_jpeg(colour, latitude: float, longitude: float) -> bytes:
     """A JPEG photo whose EXIF carries GPS coordinates (north/east, whole degrees)."""
     img = Image.open(io.BytesIO(photo_bytes(size=(400, 300), colour=colour, seed=4)))
@@ -252,6 +262,38 @@ def gps_jpeg(colour, latitude: float, longitude: float) -> bytes:
     out = io.BytesIO()
     img.save(out, format="JPEG", exif=exif)
     return out.getvalue()
+
+
+def timed_jpeg(
+    stamp: str | None,
+    colour=(128, 128, 128),
+    make="Canon",
+    model="Canon EOS R6",
+    serial="",
+    offset="",
+    subsec="",
+    gps: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> bytes:
+    """A JPEG as a camera writes it: make/model (and serial), DateTimeOriginal `stamp`
+    ("YYYY:MM:DD HH:MM:SS" on the camera's clock, None for none), OffsetTimeOriginal,
+    SubSecTimeOriginal and GPS when given (EXIF spliced in, image data untouched)."""
+    from landmark.runtime import camera, sidecars
+
+    def edit(exif: Image.Exif) -> None:
+        exif[camera.MAKE], exif[camera.MODEL] = make, model
+        sub = exif.get_ifd(camera.EXIF_IFD)
+        values = {
+            camera.DATETIME_ORIGINAL: stamp,
+            camera.OFFSET_TIME_ORIGINAL: offset,
+            camera.SUBSEC_TIME_ORIGINAL: subsec,
+            camera.BODY_SERIAL_NUMBER: serial,
+        }
+        sub.update({tag: value for tag, value in values.items() if value})
+        if gps:
+            exif.get_ifd(images.GPS_IFD).update(sidecars.gps_tags(*gps))
+
+    return sidecars.jpeg_with_exif(photo_bytes(size=(320, 240), colour=colour, seed=seed), edit)
 
 
 # Server processes (mlflow server, mlflow models serve, landmark app) for the end-to-end tests.

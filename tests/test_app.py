@@ -4,17 +4,14 @@ driven by headless Debian chromium through Selenium. Screenshots go to `test-art
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import requests
+from browser import CHROMEDRIVER, CHROMIUM, screenshot, wait_for
 from conftest import free_port, gps_jpeg, photo_bytes, start, stop, train_tiny_champion
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
@@ -34,40 +31,10 @@ def app_url(tmp_path_factory):
     stop(server)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    yield driver
-    driver.quit()
-
-
-def wait_for(driver, css: str, timeout: float = 60):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    condition = expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
-    return WebDriverWait(driver, timeout).until(condition)
-
-
 def upload(driver, path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.ID, "files").send_keys(str(path))
-
-
-def screenshot(driver, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    driver.save_screenshot(str(path))
-    assert path.stat().st_size > 10_000  # a rendered page, not an empty image
-    return path
 
 
 def test_page_names_the_model_and_offers_examples(app_url, browser):

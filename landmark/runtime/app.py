@@ -26,6 +26,7 @@ from landmark import tracking
 from landmark.config import AppConfig, ServeConfig
 from landmark.runtime import images
 from landmark.runtime.predictor import BadRequestError, Predictor
+from landmark.runtime.review import PlanError, Review
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,47 @@ def create_app(
     return app
 
 
+def create_review_app(review: Review, cfg: AppConfig = AppConfig()) -> FastAPI:
+    """The review page of a plan (`/review`), its rows and thumbnails, and
+    `POST /api/review/decisions` (`{"rows": [...], "accept": bool, "place": int | null}`)."""
+    app = FastAPI(title="landmark review", docs_url=None, redoc_url=None, openapi_url=None)
+    _check_hosts(app, allowed_hosts(cfg))
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/review", response_class=HTMLResponse)
+    def page() -> str:
+        return REVIEW_PAGE
+
+    @app.get("/api/review")
+    def rows() -> dict[str, Any]:
+        return review.view()
+
+    @app.get("/api/review/photo/{index}")
+    def photo(index: int) -> Response:
+        thumbnail = review.thumbnail(index)
+        if thumbnail is None:
+            return JSONResponse({"error": f"no photo {index} to show"}, status_code=404)
+        return Response(thumbnail, media_type="image/jpeg")
+
+    @app.post("/api/review/decisions")
+    async def decide(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            indexes, accept, place = body["rows"], body["accept"], body.get("place")
+            if not isinstance(indexes, list) or not isinstance(accept, bool):
+                raise TypeError("rows must be a list and accept true or false")
+        except (ValueError, KeyError, TypeError) as e:
+            message = f"expected JSON {{'rows': [...], 'accept': bool, 'place': int}}: {e}"
+            return JSONResponse({"error": message}, status_code=400)
+        try:
+            saved = await run_in_threadpool(review.decide, indexes, accept, place)
+        except PlanError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"saved": len(saved), "decisions": saved})
+
+    return app
+
+
 def _check_hosts(app: FastAPI, hosts: list[str]) -> None:
     """Refuse requests whose Host header is not one of `hosts` (DNS rebinding), saying how to
     allow the name."""
@@ -235,7 +277,15 @@ async def _read_body(request: Request, max_bytes: int) -> bytes | None:
 
 
 def run(cfg: AppConfig) -> None:
-    """Load the model, pick the examples and serve the app until interrupted."""
+    """Load the model, pick the examples and serve the app until interrupted (or, with
+    `cfg.review`, serve the review page of that plan: no model needed)."""
+    if cfg.review:
+        review = Review(Path(cfg.review))
+        log.info("Reviewing %d rows of %s on http://%s:%d/review", len(review.rows), cfg.review,
+                 cfg.host, cfg.port)  # fmt: skip
+        uvicorn.run(create_review_app(review, cfg), host=cfg.host, port=cfg.port,
+                    log_level="warning", limit_concurrency=32)  # fmt: skip
+        return
     classifier, info = load_classifier(cfg.model, cfg.endpoint)
     source = Path(cfg.examples or info.get("data", "") or "nowhere")
     chosen = pick_examples(source, cfg.seed) if source.is_dir() else []
@@ -247,3 +297,4 @@ def run(cfg: AppConfig) -> None:
 
 
 PAGE = (Path(__file__).parent / "app.html").read_text()
+REVIEW_PAGE = (Path(__file__).parent / "review.html").read_text()
