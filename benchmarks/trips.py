@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from landmark.config import TagConfig
-from landmark.runtime import gpx, tagging, trips
+from landmark.runtime import clocks, gpx, tagging, trips
 
 RIGHT_KM = 1.0
 
@@ -41,10 +41,14 @@ def plan(library: Path, model: str, tracks: list[Path], report: Path):
 
 
 def score(placements, truth: dict[str, dict], library: Path) -> dict[str, Counter]:
-    """Per evidence type: photos placed right (within 1 km), wrong, and unplaced."""
-    by_source: dict[str, Counter] = {"all": Counter()}
+    """Per evidence type: photos placed right (within 1 km), wrong, and unplaced; and the wrong
+    ones by what the photo really is (a landmark shot, a held-out "café", ...). The phone's
+    photos with their own GPS are left out: every setting places them the same."""
+    by_source: dict[str, Counter] = {"all": Counter(), "wrong_kind": Counter()}
     for path, placed in placements.items():
         row = truth[str(Path(path).relative_to(library / "library"))]
+        if row["kind"] == "phone":
+            continue
         source = placed.source or "unplaced"
         if placed.source is None:
             outcome = "unplaced"
@@ -56,14 +60,19 @@ def score(placements, truth: dict[str, dict], library: Path) -> dict[str, Counte
             outcome = "right" if km <= RIGHT_KM else "wrong"
         for key in ("all", source):
             by_source.setdefault(key, Counter())[outcome] += 1
+        if outcome == "wrong":
+            by_source["wrong_kind"][f"{row['kind']} by {source}"] += 1
     return by_source
 
 
-def table_row(name: str, counts: dict[str, Counter], total: int) -> str:
+def table_row(name: str, counts: dict[str, Counter]) -> str:
     c = counts["all"]
+    total = sum(c.values())
     share = {k: 100 * c[k] / total for k in ("right", "wrong", "unplaced")}
     sources = ", ".join(
-        f"{s} {v['right']}/{v['wrong']}" for s, v in counts.items() if s not in {"all", "unplaced"}
+        f"{s} {v['right']}/{v['wrong']}"
+        for s, v in counts.items()
+        if s not in {"all", "unplaced", "wrong_kind"}
     )
     return (f"| {name} | {share['right']:.1f} % | {share['wrong']:.2f} % ({c['wrong']}) | "
             f"{share['unplaced']:.1f} % | {sources} |")  # fmt: skip
@@ -74,6 +83,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, required=True, help="build_trip_library --out")
     parser.add_argument("--model", required=True, help="MLflow model URI of the proxy model")
     parser.add_argument("--windows", type=float, nargs="+", default=[5, 10, 20, 30, 60, 120])
+    parser.add_argument("--gaps", type=float, nargs="+", default=[30, 60, 180, 360])
     args = parser.parse_args()
     truth = {r["path"]: r for r in csv.DictReader((args.library / "truth.csv").open())}
     manifest = json.loads((args.library / "manifest.json").read_text())
@@ -82,34 +92,57 @@ def main() -> None:
         tagger, seconds = plan(args.library, args.model, track_files, Path(tmp) / "plan.jsonl")
         planned = [json.loads(line) for line in (Path(tmp) / "plan.jsonl").open()]
     photos = list(tagger.observations.values())
-    total = len(photos)
-    landmarks = [trips.Place(n, loc.latitude, loc.longitude, loc.country)
-                 for n, loc in tagger._locations()]  # fmt: skip
+    landmarks = tagger.landmarks()
     tracks = gpx.read_tracks(track_files)
-    print(
-        f"{total} photos, {len(track_files)} tracks; plan (scoring + placing) {seconds:.0f} s "
-        f"= {total / seconds:.1f} photos/s; statuses {Counter(r['status'] for r in planned)}"
+    print(f"{len(photos)} photos, {len(track_files)} tracks; plan (scoring + placing) "
+          f"{seconds:.0f} s = {len(photos) / seconds:.1f} photos/s; "
+          f"statuses {dict(Counter(r['status'] for r in planned))}")  # fmt: skip
+    print("true clocks:", {k: v.get("clock") for k, v in manifest.get("cameras", {}).items()})
+    found = clocks.clocks_for(photos, tracks, TagConfig())
+    print("clocks found:", {c: f"{k.offset} ({k.source})" for c, k in found.items()})
+    true_offsets = tuple(
+        f"{v['make']} {v['model']}={v['clock']}".replace("Canon Canon", "Canon")
+        for v in manifest.get("cameras", {}).values()
+        if not v.get("offset_time_original")
     )
-    print("true clock offsets:", manifest.get("cameras"))
-    print(
-        "estimated:", {k: str(v) for k, v in trips.clocks_for(photos, tracks, TagConfig()).items()}
-    )
-    print("\n| setting | within 1 km | wrong | unplaced | by source (right/wrong) |")
-    print("|---|---|---|---|---|")
     base = TagConfig()
     settings = {
         "(a) landmarks only (today)": (dataclasses.replace(base, time_window=0), []),
         f"(b) + time neighbours ({base.time_window:g} min)": (base, []),
         "(c) + GPX tracks": (base, tracks),
-    }
+        "(c) with the true clock offsets given": (
+            dataclasses.replace(base, time_offset=true_offsets), tracks),
+    }  # fmt: skip
+    print("\n| setting | within 1 km | wrong | unplaced | by source (right/wrong) |")
+    print("|---|---|---|---|---|")
+    kinds = {}
     for name, (cfg, with_tracks) in settings.items():
-        placements = trips.place_all(photos, with_tracks, cfg, landmarks)
-        print(table_row(name, score(placements, truth, args.library), total))
-    print("\nTime window sweep, with GPX:")
+        counts = score(trips.place_all(photos, with_tracks, cfg, landmarks), truth, args.library)
+        kinds[name] = counts["wrong_kind"]
+        print(table_row(name, counts))
+    for name, wrong in kinds.items():
+        print(f"wrong, {name}: {dict(wrong)}")
+    print("\n| time window (with GPX) | within 1 km | wrong | unplaced | by source |")
+    print("|---|---|---|---|---|")
     for window in args.windows:
         cfg = dataclasses.replace(base, time_window=window)
+        counts = score(trips.place_all(photos, tracks, cfg, landmarks), truth, args.library)
+        print(table_row(f"{window:g} min", counts))
+    print("\n| anchor support (with GPX) | within 1 km | wrong | unplaced | by source |")
+    print("|---|---|---|---|---|")
+    for support in (1, 2, 3):
+        cfg = dataclasses.replace(base, anchor_support=support)
+        counts = score(trips.place_all(photos, tracks, cfg, landmarks), truth, args.library)
+        print(table_row(f"{support}", counts))
+    print("\n| trip gap (with GPX) | within 1 km | wrong | unplaced | by source |")
+    print("|---|---|---|---|---|")
+    for gap in args.gaps:
+        cfg = dataclasses.replace(base, trip_gap=gap)
         placements = trips.place_all(photos, tracks, cfg, landmarks)
-        print(table_row(f"window {window:g} min", score(placements, truth, args.library), total))
+        trips_found = len({p.trip for p in placements.values() if p.trip})
+        print(
+            table_row(f"{gap:g} min ({trips_found} trips)", score(placements, truth, args.library))
+        )
 
 
 if __name__ == "__main__":

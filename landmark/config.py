@@ -424,6 +424,10 @@ class TagConfig(Validated):
     agree_km: float = _param(
         1.0, "anchors farther apart than this many km are different places", allowed=POSITIVE
     )
+    anchor_support: int = _param(
+        2, "a recognised landmark lends its place to photos around it only when this many "
+        "anchors within the time window (itself included) agree with it", allowed=AT_LEAST_1,
+    )  # fmt: skip
 
 
 # Which config classes make up the parameters of each MLproject entry point.

@@ -39,6 +39,7 @@ INDIA = timezone(timedelta(hours=5, minutes=30))
 FIRST_DAY = date(2026, 3, 2)
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 MIN_TRIPS = 40
+APART_KM = 5.0  # a held-out class stands at least this far from every other class
 KINDS = ("landmark", "filler", "phone", "no-time")
 TRUTH_COLUMNS = ("path", "trip", "kind", "camera", "class", "latitude", "longitude", "utc")
 
@@ -136,11 +137,21 @@ def read_sources(data: Path) -> tuple[dict[str, tuple[float, float]], dict[str, 
     return locations, tests
 
 
-def choose_held_out(rng: random.Random, tests: dict[str, list[Path]], count: int) -> list[str]:
-    """`count` classes with at least 8 test photos, left out of `known/` (they give fillers)."""
-    eligible = [c for c, photos in tests.items() if len(photos) >= 8]
+def choose_held_out(rng, tests: dict[str, list[Path]], locations, count: int) -> list[str]:
+    """`count` classes with at least 8 test photos, left out of `known/` (they give fillers),
+    each standing at least `APART_KM` from every other class: a held-out class must be a place
+    no known class stands at. (The Qutub Minar is 50 m from the Iron Pillar: a model that
+    calls its photos "Iron Pillar" puts them in the right place, which a filler standing for
+    a café elsewhere would count as wrong.)"""
+    eligible = [
+        c
+        for c, photos in tests.items()
+        if len(photos) >= 8
+        and all(distance_km(locations[c], locations[o]) >= APART_KM for o in tests if o != c)
+    ]
     if not 0 < count <= len(eligible) or len(tests) - count < 2:
-        refuse(f"--held-out {count}: pass 1 to {len(eligible)} (classes with 8+ test photos)")
+        refuse(f"--held-out {count}: pass 1 to {len(eligible)} (classes with 8+ test photos, "
+               f"{APART_KM:g} km from any other)")  # fmt: skip
     return sorted(rng.sample(eligible, count))
 
 
@@ -260,11 +271,11 @@ def make_trip(
 
 
 def bring_far_class_forward(classes: list[str], index: int, src: Sources) -> bool:
-    """Swap into `index` the first class from there on at least 50 km from the one before it;
-    False if there is none."""
+    """Swap into `index` the first class from there on 50-600 km from the one before it (a
+    drive or a train ride away: another city the same afternoon); False if there is none."""
     previous = src.locations[classes[index - 1]]
     for j in range(index, len(classes)):
-        if distance_km(previous, src.locations[classes[j]]) >= 50:
+        if 50 <= distance_km(previous, src.locations[classes[j]]) <= 600:
             classes[index], classes[j] = classes[j], classes[index]
             return True
     return False
@@ -272,8 +283,8 @@ def bring_far_class_forward(classes: list[str], index: int, src: Sources) -> boo
 
 def plan_trips(rng: random.Random, count: int, known: list[str], src: Sources) -> list[Trip]:
     """Trips day by day from FIRST_DAY through the known classes in a seeded order: the day's
-    first trip starts 08:00-11:00 India time; about a day in four has a second trip, at least
-    50 km away, starting 1.5-3 h after the first one ends. A third of the trips use the phone."""
+    first trip starts 08:00-11:00 India time; about a day in four has a second trip, 50-600
+    km away, starting 1.5-3 h after the first one ends. A third of the trips use the phone."""
     order = rng.sample(known, len(known))
     classes = [order[i % len(order)] for i in range(count)]
     phone = set(rng.sample(range(1, count + 1), round(count / 3)))
@@ -460,7 +471,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     data, out = args.data.resolve(), args.out.resolve()
     locations, tests = read_sources(data)
-    held_out = choose_held_out(rng, tests, args.held_out)
+    held_out = choose_held_out(rng, tests, locations, args.held_out)
     known = [c for c in tests if c not in held_out]
     if args.trips < len(known):
         refuse(f"--trips {args.trips} cannot visit all {len(known)} known classes: pass more")

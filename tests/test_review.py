@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from browser import CHROMEDRIVER, CHROMIUM, screenshot, wait_for
 from conftest import free_port, snapshot, start, stop, timed_jpeg
 
@@ -24,15 +25,17 @@ EXIFTOOL = shutil.which("exiftool")
 BIN = Path(sys.executable).parent
 RED, BLUE, GREY = (200, 30, 30), (30, 30, 200), (128, 128, 128)  # Eiffel, Taj, unsure
 # One morning: the Eiffel Tower, two photos after it, a lone photo, the Taj Mahal, a photo
-# between the Taj and the Eiffel Tower again, and a screenshot without a camera time.
+# between the Taj and the Eiffel Tower again (the tiny data set's world is small: its anchors
+# are 50 minutes apart, so neither is too far from the other to be believed), and a
+# screenshot without a camera time.
 TRIP = {
     "IMG_0001.jpg": ("10:00:00", RED),
     "IMG_0002.jpg": ("10:05:00", GREY),
     "IMG_0003.jpg": ("10:10:00", GREY),
     "IMG_0004.jpg": ("11:00:00", GREY),
     "IMG_0005.jpg": ("12:00:00", BLUE),
-    "IMG_0006.jpg": ("12:10:00", GREY),
-    "IMG_0007.jpg": ("12:25:00", RED),
+    "IMG_0006.jpg": ("12:25:00", GREY),
+    "IMG_0007.jpg": ("12:50:00", RED),
 }
 THRESHOLD = 0.8  # the tiny champion: red and blue photos above, grey ones below
 
@@ -48,7 +51,9 @@ def trip(root: Path) -> Path:
 
 def plan(photos: Path, tmp: Path, champion: str) -> Path:
     report = tmp / "plan.jsonl"
-    cfg = TagConfig(model=champion, report=str(report), plan=True, threshold=THRESHOLD)
+    # one photo per landmark on this trip: each may lend its place (the default asks for two)
+    cfg = TagConfig(model=champion, report=str(report), plan=True, threshold=THRESHOLD,
+                    anchor_support=1)  # fmt: skip
     tagging.tag([photos], cfg)
     return report
 
@@ -83,7 +88,7 @@ def test_plan_writes_only_the_report_and_proposes_places_with_evidence(planned):
         "IMG_0003.jpg": ("planned", "time-neighbour"),
         "IMG_0004.jpg": ("unsure", None),  # no anchor within 30 minutes
         "IMG_0005.jpg": ("planned", "landmark"),
-        "IMG_0006.jpg": ("unsure", None),  # the Taj 10 min before, the Eiffel Tower 15 after
+        "IMG_0006.jpg": ("unsure", None),  # the Taj 25 min before, the Eiffel Tower 25 after
         "IMG_0007.jpg": ("planned", "landmark"),
         "screenshot.png": ("unsure", None),
     }
@@ -103,28 +108,30 @@ def decide(report: Path, names: dict[str, tuple[bool, int | None]]) -> None:
         under_review.decide([index[name]], accept, place)
 
 
+@pytest.mark.skipif(not EXIFTOOL, reason="needs exiftool (.ci/run installs it)")
 def test_apply_writes_accepted_rows_only_and_refuses_changed_photos(planned, tmp_path):
     photos, before, report = planned
     accept = {n: (True, None) for n in ("IMG_0001.jpg", "IMG_0002.jpg", "IMG_0003.jpg")}
-    decide(report, {**accept, "IMG_0005.jpg": (False, None), "IMG_0006.jpg": (True, 1)})
-    edited = photos / "IMG_0003.jpg"
-    edited.write_bytes(edited.read_bytes() + b"edited")  # after the plan
+    decide(report, {**accept, "IMG_0005.jpg": (False, None), "IMG_0006.jpg": (True, 0),
+                    "IMG_0007.jpg": (True, None)})  # fmt: skip
+    edited = photos / "IMG_0007.jpg"  # after the plan: same size, same mtime, one byte off
+    stat, content = edited.stat(), bytearray(edited.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    edited.write_bytes(bytes(content))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     counts = tagging.tag([], TagConfig(report=str(report), apply=str(report)))
-    assert counts == {"tagged": 3, "changed": 1, "rejected": 1, "undecided": 1}
+    assert counts == {"tagged": 3, "changed": 1, "rejected": 1, "anchor_not_written": 1}
     written = {p.name for p in photos.glob("*.xmp")}
-    assert written == {"IMG_0001.jpg.xmp", "IMG_0002.jpg.xmp", "IMG_0006.jpg.xmp"}
+    assert written == {"IMG_0001.jpg.xmp", "IMG_0002.jpg.xmp", "IMG_0003.jpg.xmp"}
     applied = rows_by_name(report.with_name("plan.applied.jsonl"))
-    assert "changed since the plan" in applied["IMG_0003.jpg"]["error"]
+    assert "changed since the plan (content)" in applied["IMG_0007.jpg"]["error"]
+    # the Taj was picked for IMG_0006, but its anchor IMG_0005 was rejected
+    assert "its anchor IMG_0005.jpg was not written" in applied["IMG_0006.jpg"]["error"]
     after = snapshot(photos)
     assert {k: v for k, v in after.items() if not k.endswith(".xmp")} == {
         **before,
-        "IMG_0003.jpg": after["IMG_0003.jpg"],  # the edit is the user's own
+        "IMG_0007.jpg": after["IMG_0007.jpg"],  # the edit is the user's own
     }
-    if EXIFTOOL:
-        check_sidecars(photos)
-
-
-def check_sidecars(photos: Path) -> None:
     landmark = exif(photos / "IMG_0001.jpg.xmp")
     assert landmark["XMP-landmark:Source"] == "landmark"
     assert "Eiffel Tower" in landmark["XMP-dc:Subject"]
@@ -132,11 +139,27 @@ def check_sidecars(photos: Path) -> None:
     assert neighbour["XMP-landmark:Source"] == "time-neighbour"
     assert neighbour["XMP-landmark:Anchor"] == "IMG_0001.jpg"
     assert neighbour["XMP-landmark:TimeGap"] == 300
+    assert neighbour["XMP-landmark:Reviewed"] == "accepted"
     assert neighbour["XMP-exif:GPSLatitude"] == pytest.approx(landmark["XMP-exif:GPSLatitude"])
     assert "XMP-dc:Subject" not in neighbour  # no landmark claimed for a time neighbour
-    picked = exif(photos / "IMG_0006.jpg.xmp")  # the reviewer picked the Eiffel Tower
-    assert picked["XMP-landmark:Place"] == "Eiffel Tower"
-    assert picked["XMP-landmark:Reviewed"] == "accepted"
+
+
+def test_plan_with_organize_and_gps_copies_still_writes_nothing(champion, tmp_path):
+    photos = trip(tmp_path / "photos")
+    (photos / ".landmark-1-left.tmp").write_bytes(b"a killed run's")  # a plan removes nothing
+    before = snapshot(photos)
+    outputs = {"organize": str(tmp_path / "by-place"), "gps_copies": str(tmp_path / "gps")}
+    cfg = TagConfig(
+        model=champion,
+        report=str(tmp_path / "p.jsonl"),
+        plan=True,
+        threshold=THRESHOLD,
+        anchor_support=1,
+        **outputs,
+    )
+    assert tagging.tag([photos], cfg)["planned"] == 5
+    assert snapshot(photos) == before
+    assert not (tmp_path / "by-place").exists() and not (tmp_path / "gps").exists()
 
 
 def test_a_plan_edited_into_invalid_json_is_refused_naming_the_line(planned):
@@ -202,18 +225,21 @@ def test_review_page_in_a_browser_then_apply(planned, browser, tmp_path):
         eiffel.find_element(By.CSS_SELECTOR, ".accept-group").click()
         summary = browser.find_element(By.ID, "summary")
         WebDriverWait(browser, 30).until(lambda d: summary.text.startswith("4 accepted"))
-        taj = browser.find_element(
-            By.XPATH, "//div[@data-index][.//*[text()='IMG_0005.jpg']]"
-        )
+        taj = browser.find_element(By.XPATH, "//div[@data-index][.//*[text()='IMG_0005.jpg']]")
         taj.find_element(By.CSS_SELECTOR, ".reject").click()
         unsure = browser.find_element(By.CSS_SELECTOR, ".photo[data-status='unsure']")
-        Select(unsure.find_element(By.CSS_SELECTOR, ".place-pick")).select_by_value("0")
+        Select(unsure.find_element(By.CSS_SELECTOR, ".place-pick")).select_by_value("1")
         unsure.find_element(By.CSS_SELECTOR, ".accept").click()
         WebDriverWait(browser, 30).until(
             lambda d: summary.text == "5 accepted · 1 rejected · 0 undecided"
         )
         assert "rejected" in taj.get_attribute("class")
         screenshot(browser, "review.png")
+        # another web site's "simple" POST (text/plain, no preflight) cannot decide anything
+        forged = requests.post(f"http://127.0.0.1:{port}/api/review/decisions",
+                               data=json.dumps({"rows": [4], "accept": True}),
+                               headers={"Content-Type": "text/plain"}, timeout=10)  # fmt: skip
+        assert forged.status_code == 415
     finally:
         stop(server)
     done = subprocess.run([str(BIN / "landmark"), "tag", "--apply", str(report)],
@@ -221,5 +247,9 @@ def test_review_page_in_a_browser_then_apply(planned, browser, tmp_path):
     assert done.returncode == 0, done.stderr
     written = sorted(p.name for p in photos.glob("*.xmp"))
     assert written == [f"IMG_000{i}.jpg.xmp" for i in (1, 2, 3, 6, 7)]
-    assert exif(photos / "IMG_0006.jpg.xmp")["XMP-landmark:Place"] == "Taj Mahal"
+    picked = exif(photos / "IMG_0006.jpg.xmp")  # the Eiffel Tower, from IMG_0007 (accepted)
+    assert (picked["XMP-landmark:Place"], picked["XMP-landmark:Anchor"]) == (
+        "Eiffel Tower",
+        "IMG_0007.jpg",
+    )
     assert exif(photos / "IMG_0003.jpg.xmp")["XMP-landmark:Source"] == "time-neighbour"

@@ -11,12 +11,13 @@ import pytest
 from conftest import timed_jpeg
 
 from landmark.config import TagConfig
-from landmark.runtime import camera, gpx, trips
+from landmark.runtime import camera, clocks, gpx, trips
 from landmark.runtime.camera import Facts
 
 T0 = datetime(2026, 3, 2, 9, 0)  # a camera's reading
 TAJ = trips.Place("Taj Mahal", 27.1751, 78.0421, "India", 0.95)
 QUTUB = trips.Place("Qutub Minar", 28.5245, 77.1855, "India", 0.9)
+RED_FORT = trips.Place("Red Fort", 28.6562, 77.2410, "India", 0.9)  # 15 km from the Qutub
 CANON, PHONE = "Canon EOS R6 (012345)", "Apple iPhone 13"
 
 
@@ -28,7 +29,9 @@ def shot(name, minutes, cam=CANON, landmark=None, gps=None, utc_offset=None):
 
 
 def place(photos, tracks=(), **cfg):
-    return trips.place_all(photos, list(tracks), TagConfig(**cfg))
+    """`place_all`; one recognised landmark is enough to lend its place here (the default
+    asks for two that agree: `test_a_lone_recognition_lends_its_place_to_no_one`)."""
+    return trips.place_all(photos, list(tracks), TagConfig(**{"anchor_support": 1, **cfg}))
 
 
 def test_a_landmark_places_its_time_neighbours_within_the_window_only():
@@ -44,17 +47,43 @@ def test_a_landmark_places_its_time_neighbours_within_the_window_only():
 
 
 def test_disagreeing_anchors_on_both_sides_make_it_unsure_with_both_named():
-    photos = [shot("a", 0, landmark=TAJ), shot("b", 10), shot("c", 25, landmark=QUTUB)]
+    photos = [shot("a", 0, landmark=QUTUB), shot("b", 10), shot("c", 25, landmark=RED_FORT)]
     b = place(photos)["b"]
     assert b.source is None and [c.anchor for c in b.candidates] == ["a", "c"]
-    assert "Taj Mahal (a)" in b.reason and "Qutub Minar (c)" in b.reason
+    assert "Qutub Minar (a)" in b.reason and "Red Fort (c)" in b.reason
     # the same places on one side: the nearest one places it
-    photos = [shot("q", -20, landmark=QUTUB), shot("a", 0, landmark=TAJ), shot("b", 10)]
-    assert place(photos)["b"].place.name == "Taj Mahal"
+    photos = [shot("r", -20, landmark=RED_FORT), shot("a", 0, landmark=QUTUB), shot("b", 10)]
+    assert place(photos)["b"].place.name == "Qutub Minar"
     # anchors that agree (within agree_km) on both sides: placed, from the nearer one
     near_taj = trips.Place("Taj Mahal", 27.1760, 78.0430, "India", 0.9)
     photos = [shot("a", 0, landmark=TAJ), shot("b", 10), shot("c", 15, landmark=near_taj)]
     assert place(photos)["b"].anchor == "c"
+
+
+def test_a_landmark_too_far_from_better_supported_anchors_is_no_anchor():
+    # three photos of the Taj, and one "Qutub Minar" (Delhi, 180 km) five minutes later: no one
+    # gets there in five minutes, and the Taj has more support
+    photos = [shot(f"taj{i}", i, landmark=TAJ) for i in range(3)]
+    photos += [shot("qutub?", 7, landmark=QUTUB), shot("after", 9)]
+    placed = place(photos)
+    wrong = placed["qutub?"]  # no anchor: where the others are is its place, by time
+    assert (wrong.source, wrong.anchor, wrong.place.name) == ("time-neighbour", "taj2", "Taj Mahal")
+    assert "recognised Qutub Minar, but taj2 5 min earlier is at Taj Mahal" in wrong.demoted
+    assert placed["after"].anchor == "taj2" and placed["taj0"].source == "landmark"
+    # as well supported on both sides: neither is an anchor
+    placed = place([shot("taj", 0, landmark=TAJ), shot("qutub", 5, landmark=QUTUB)])
+    assert placed["taj"].source is placed["qutub"].source is None
+    # a day apart: both stand (a camera may travel)
+    placed = place([shot("taj", 0, landmark=TAJ), shot("qutub", 60 * 24, landmark=QUTUB)])
+    assert placed["taj"].source == placed["qutub"].source == "landmark"
+
+
+def test_a_photos_own_gps_outranks_a_landmark_that_cannot_be_there():
+    phone = shot("p", 0, cam=PHONE, gps=(27.1751, 78.0421), utc_offset=timedelta(hours=5.5))
+    wrong = shot("q", 3, cam=PHONE, landmark=QUTUB, utc_offset=timedelta(hours=5.5))
+    placed = place([phone, wrong])
+    assert placed["p"].source == "exif" and placed["q"].anchor == "p"
+    assert placed["q"].demoted.startswith("recognised Qutub Minar, but p 3 min earlier")
 
 
 def test_no_chains_a_time_neighbour_is_never_an_anchor():
@@ -92,9 +121,9 @@ def test_a_given_offset_puts_the_camera_on_the_common_timeline():
     assert (c.source, c.anchor, c.gap_s) == ("time-neighbour", "p", 300)
     assert placed["c"].clock.startswith("given (+01:00)")
     with pytest.raises(ValueError, match="CAMERA=\\+HH:MM"):
-        trips.given_offsets(TagConfig(time_offset=("+01:00",)))
+        clocks.given_offsets(TagConfig(time_offset=("+01:00",)))
     with pytest.raises(ValueError, match="not a UTC offset"):
-        trips.given_offsets(TagConfig(time_offset=("Canon EOS R6=1 hour",)))
+        clocks.given_offsets(TagConfig(time_offset=("Canon EOS R6=1 hour",)))
 
 
 def test_an_offset_is_estimated_from_landmark_photos_matching_a_phone_with_gps():
@@ -106,12 +135,12 @@ def test_an_offset_is_estimated_from_landmark_photos_matching_a_phone_with_gps()
         shot("c2", 80 - 270 - 3, landmark=TAJ),
         shot("c3", 80 - 270 + 1),  # no landmark: placed once the clock is known
     ]
-    clocks = trips.clocks_for(photos, [], TagConfig())
-    assert abs(clocks[CANON].offset - timedelta(hours=1)) <= trips.MATCH_TOLERANCE
-    assert "estimated from 2 photos" in clocks[CANON].source
+    found = clocks.clocks_for(photos, [], TagConfig())
+    assert abs(found[CANON].offset - timedelta(hours=1)) <= clocks.MATCH_TOLERANCE
+    assert "estimated from 2 photos" in found[CANON].source
     assert trips.place_all(photos, [], TagConfig())["c3"].utc is not None
     # one matching photo is not enough
-    assert CANON not in trips.clocks_for(photos[:3] + photos[4:], [], TagConfig())
+    assert CANON not in clocks.clocks_for(photos[:3] + photos[4:], [], TagConfig())
 
 
 def write_track(path: Path, start: datetime, points: int, step_s=60, zone="Z", lat=27.17):
@@ -217,3 +246,73 @@ def test_broken_camera_times_are_refused_with_a_reason(stamp, problem):
     facts = camera.read_facts(timed_jpeg(stamp))
     assert facts.local is None and problem in facts.time_problem
     assert camera.read_facts(b"not a photo").time_problem.startswith("no EXIF time")
+
+
+def test_photos_without_a_camera_name_never_share_a_timeline():
+    scan = trips.Observation("scan", Facts("", T0, None), landmark=TAJ)
+    other = trips.Observation("other", Facts("", T0 + timedelta(minutes=2), None))
+    assert place([scan, other])["other"].source is None  # any two devices, unknown clocks
+
+
+def test_an_ambiguous_clock_offset_is_not_estimated():
+    india = timedelta(hours=5, minutes=30)
+    at_taj = (27.1751, 78.0421)
+    photos = [  # the phone at the Taj at sunrise and at sunset; two Canon photos fit either
+        shot("dawn1", 0, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("dawn2", 4, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("dusk1", 600, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("dusk2", 604, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("c1", 300, landmark=TAJ),
+        shot("c2", 304, landmark=TAJ),
+    ]
+    assert CANON not in clocks.clocks_for(photos, [], TagConfig())
+    assert CANON in clocks.clocks_for(photos[:2] + photos[4:], [], TagConfig())
+
+
+def test_a_camera_that_writes_utc_keeps_it_and_lends_it_to_its_other_photos():
+    gps_time = Facts(CANON, T0, T0 - timedelta(hours=1))  # GPS time on one photo: UTC+1
+    photos = [trips.Observation("g", gps_time), shot("c", 30)]
+    found = clocks.clocks_for(photos, [], TagConfig())
+    assert found[CANON].offset == timedelta(hours=1) and "own UTC times" in found[CANON].source
+    placed = trips.place_all(photos, [], TagConfig())
+    assert placed["c"].utc == T0 + timedelta(minutes=30) - timedelta(hours=1)
+
+
+def test_gpx_never_interpolates_across_a_journey_or_between_disagreeing_tracks(tmp_path):
+    utc0 = datetime(2026, 3, 2, 4, 0)
+    offset = ("Canon EOS R6=+05:30",)
+    photo = [shot("in", 40)]  # 09:40 on the camera, 04:10 UTC
+    # two points 20 minutes apart but 22 km apart: a train ride, not a walk
+    train = write_track(tmp_path / "train.gpx", utc0, 2, step_s=1200)
+    train.write_text(train.read_text().replace('lat="27.1710"', 'lat="27.3700"'))
+    assert place(photo, gpx.read_tracks([train]), time_offset=offset)["in"].source is None
+    walk = write_track(tmp_path / "walk.gpx", utc0, 30)
+    elsewhere = write_track(tmp_path / "far.gpx", utc0, 30, lat=28.5)
+    assert place(photo, gpx.read_tracks([walk]), time_offset=offset)["in"].source == "gpx"
+    both = gpx.read_tracks([walk, elsewhere])
+    assert place(photo, both, time_offset=offset)["in"].source is None
+    with pytest.raises(gpx.BadTrackError, match="is a folder"):
+        gpx.read_tracks([tmp_path])
+
+
+def test_a_lone_recognition_lends_its_place_to_no_one():
+    lone = [shot("a", 0, landmark=TAJ), shot("b", 10)]
+    assert trips.place_all(lone, [], TagConfig())["b"].source is None
+    assert trips.place_all(lone, [], TagConfig())["a"].source == "landmark"  # its own, still
+    burst = [shot("a", 0, landmark=TAJ), shot("a2", 1, landmark=TAJ), shot("b", 10)]
+    assert trips.place_all(burst, [], TagConfig())["b"].anchor == "a2"
+    gps = [shot("p", 0, gps=(27.1751, 78.0421)), shot("b", 10)]  # a photo's own GPS: trusted
+    assert trips.place_all(gps, [], TagConfig())["b"].anchor == "p"
+
+
+def test_a_track_outranks_a_landmark_it_was_nowhere_near(tmp_path):
+    utc0 = datetime(2026, 3, 2, 4, 0)
+    tracks = gpx.read_tracks([write_track(tmp_path / "walk.gpx", utc0, 30)])  # at the Taj
+    offset = ("Canon EOS R6=+05:30",)
+    placed = place([shot("q", 40, landmark=QUTUB), shot("t", 42, landmark=TAJ)], tracks,
+                   time_offset=offset)  # fmt: skip
+    assert (
+        placed["q"].source == "gpx"
+        and "recognised Qutub Minar, but the track" in placed["q"].demoted
+    )
+    assert placed["t"].source == "landmark"

@@ -222,6 +222,12 @@ def create_review_app(review: Review, cfg: AppConfig = AppConfig()) -> FastAPI:
 
     @app.post("/api/review/decisions")
     async def decide(request: Request) -> JSONResponse:
+        # Only this page may decide: another site can send a "simple" cross-origin POST (a
+        # text/plain body) without asking; it cannot send application/json without a preflight.
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" or request.headers.get("sec-fetch-site") == "cross-site":
+            message = "decisions are JSON (Content-Type: application/json) from the review page"
+            return JSONResponse({"error": message}, status_code=415)
         try:
             body = await request.json()
             indexes, accept, place = body["rows"], body["accept"], body.get("place")

@@ -2,7 +2,8 @@
 
 Every file is written under a temporary name (`.landmark-<pid>-<random>.tmp`, created with
 O_EXCL and O_NOFOLLOW by `tempfile`) in its final folder and then linked or renamed into place;
-`sweep` removes what a killed run left. Used by the tagger; imports nothing of training.
+`sweep` removes what a killed run left. Used by the tagger; imports nothing of training. And
+a photo's identity (size, mtime, hash), which `--apply` checks against its plan.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from landmark.runtime.images import BadImageError, read_photo
 
 TEMP_PREFIX = ".landmark-"  # + "<pid>-<random>.tmp": our temporary files
 MAX_NAME_BYTES = 255  # of one file or folder name (Linux, macOS, Windows)
@@ -244,3 +247,30 @@ def is_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
+
+
+def identity(photo: Path, data: bytes) -> dict[str, Any]:
+    """What `--apply` checks to know a photo is the one planned: size, mtime, SHA-256."""
+    try:
+        stat = photo.stat()
+    except OSError:
+        return {}
+    digest = hashlib.sha256(data).hexdigest()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+
+
+def changed_since(row: dict[str, Any]) -> tuple[str, bytes | None]:
+    """Why the photo is not the one planned ("" if it is), and its bytes."""
+    photo = Path(row["path"])
+    try:
+        stat = photo.stat()
+        data = read_photo(photo)
+    except (OSError, BadImageError) as e:
+        return f"cannot read it any more ({e})", None
+    if "sha256" not in row:
+        return "the plan has no size, time and hash of it: plan again", None
+    if stat.st_size != row.get("size") or stat.st_mtime_ns != row.get("mtime_ns"):
+        return "changed since the plan (size or modification time): plan again", None
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        return "changed since the plan (content): plan again", None
+    return "", data

@@ -1,6 +1,7 @@
 """GPX tracks: read track points (every track and segment of several files) and tell where the
 track was at a moment, interpolated between two points of one segment no more than `max_gap`
-apart (exiftool's geotagging does the same, with 30 minutes by default).
+apart (exiftool's geotagging does the same, with 30 minutes by default) and no farther apart
+than places that agree.
 
 Times are UTC, as GPX says; a point time with an offset (`+02:00`) is converted, and a file
 whose times carry no zone at all is refused (they could be any zone).
@@ -63,6 +64,9 @@ def read_tracks(paths: list[Path]) -> list[Segment]:
 
 
 def _read_file(path: Path) -> list[Segment]:
+    if path.is_dir():
+        raise BadTrackError(f"{path} is a folder, not a GPX file (photo folders go before "
+                            "--gpx, whose values run to the next flag)")  # fmt: skip
     try:
         if path.stat().st_size > MAX_GPX_BYTES:
             raise BadTrackError(f"{path}: larger than {MAX_GPX_BYTES:,} bytes")
@@ -116,25 +120,41 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def position_at(segments: list[Segment], utc: datetime, max_gap_s: float) -> Fix | None:
+def position_at(
+    segments: list[Segment], utc: datetime, max_gap_s: float, max_km: float
+) -> Fix | None:
     """Where the tracks were at `utc`: on a point, or interpolated between the two points of a
-    segment around it when they are at most `max_gap_s` apart; None outside every track."""
-    best: Fix | None = None
-    for seg in segments:
-        i = bisect.bisect_left(seg.times, utc)
-        if i < len(seg.times) and seg.times[i] == utc:
-            return Fix(seg.latitudes[i], seg.longitudes[i], seg.file, 0.0)
-        if i == 0 or i == len(seg.times):
-            continue
-        before, after = seg.times[i - 1], seg.times[i]
-        gap = (after - before).total_seconds()
-        if gap > max_gap_s or (best is not None and gap >= best.gap_s):
-            continue
-        share = (utc - before).total_seconds() / gap
-        lat = seg.latitudes[i - 1] + share * (seg.latitudes[i] - seg.latitudes[i - 1])
-        lon = seg.longitudes[i - 1] + share * (seg.longitudes[i] - seg.longitudes[i - 1])
-        best = Fix(lat, lon, seg.file, gap)
-    return best
+    segment around it when they are at most `max_gap_s` and `max_km` apart (not across a
+    train ride); None outside every track, or when tracks covering that moment disagree by
+    more than `max_km`."""
+    fixes = [fix for seg in segments if (fix := _fix(seg, utc, max_gap_s, max_km)) is not None]
+    if not fixes:
+        return None
+    first = fixes[0]
+    if any(distance_km(first.latitude, first.longitude, f.latitude, f.longitude) > max_km
+           for f in fixes[1:]):  # fmt: skip
+        return None
+    return min(fixes, key=lambda f: f.gap_s)
+
+
+def _fix(seg: Segment, utc: datetime, max_gap_s: float, max_km: float) -> Fix | None:
+    i = bisect.bisect_left(seg.times, utc)
+    if i < len(seg.times) and seg.times[i] == utc:
+        return Fix(seg.latitudes[i], seg.longitudes[i], seg.file, 0.0)
+    if i == 0 or i == len(seg.times):
+        return None
+    before, after = seg.times[i - 1], seg.times[i]
+    gap = (after - before).total_seconds()
+    lat0, lon0, lat1, lon1 = (
+        seg.latitudes[i - 1],
+        seg.longitudes[i - 1],
+        seg.latitudes[i],
+        seg.longitudes[i],
+    )
+    if gap > max_gap_s or distance_km(lat0, lon0, lat1, lon1) > max_km:
+        return None
+    share = (utc - before).total_seconds() / gap
+    return Fix(lat0 + share * (lat1 - lat0), lon0 + share * (lon1 - lon0), seg.file, gap)
 
 
 def times_near(segments: list[Segment], latitude: float, longitude: float, km: float):

@@ -19,7 +19,7 @@ from typing import Any
 
 from landmark.config import TagConfig
 from landmark.runtime import files, images
-from landmark.runtime.tagger import Tagger
+from landmark.runtime.tagger import Tagger, one_line_at_most
 
 REVIEWABLE = ("planned", "unsure")
 THUMBNAIL = 256
@@ -85,6 +85,12 @@ def read_decisions(plan: Path, plan_sha256: str) -> dict[str, dict[str, Any]]:
     if not same:
         raise PlanError(f"{path} holds decisions about another version of {plan.name}: "
                         "remove it to review the new plan")  # fmt: skip
+    for photo, decision in decisions.items() if isinstance(decisions, dict) else [(None, None)]:
+        valid = isinstance(decision, dict) and isinstance(decision.get("accept"), bool)
+        place = decision.get("place") if valid else None
+        if not valid or not (place is None or (isinstance(place, int) and place >= 0)):
+            raise PlanError(f"{path}: the decision for {photo} is not "
+                            '{"accept": true|false, "place": null|N}: review again')  # fmt: skip
     return decisions
 
 
@@ -102,7 +108,7 @@ class Review:
     def view(self) -> dict[str, Any]:
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(self.rows):
-            place = row.get("name") if row["status"] == "planned" else "unsure"
+            place = _group_place(row)
             groups.setdefault((_trip_order(row.get("trip")), row.get("trip"), place), []).append(i)
         return {
             "report": self.plan.name,
@@ -119,7 +125,9 @@ class Review:
         return {
             "index": index, "path": row["path"], "file": Path(row["path"]).name,
             "status": row["status"], "source": row.get("source"),
-            "confidence": row.get("confidence", row.get("probability")),
+            "confidence": row.get("confidence", row.get("probability"))
+            if row["status"] == "planned"
+            else None,
             "place": row.get("name") if row["status"] == "planned" else None,
             "latitude": row.get("latitude"), "longitude": row.get("longitude"),
             "time": row.get("time"), "camera": row.get("camera"), "evidence": evidence(row),
@@ -174,6 +182,16 @@ class Review:
         return out.getvalue()
 
 
+def _group_place(row: dict[str, Any]) -> str:
+    """What a row's group is called: its place, a GPX track's file when the place has no
+    name, or "unsure"."""
+    if row["status"] != "planned":
+        return "unsure"
+    if row.get("source") == "gpx" and not str(row.get("name", "")).startswith("near "):
+        return f"GPX track {row.get('gpx_file')}"
+    return str(row.get("name"))
+
+
 def evidence(row: dict[str, Any]) -> str:
     """The sentence a reviewer reads about why a photo is placed where it is."""
     source = row.get("source")
@@ -216,24 +234,53 @@ def applied_report(plan: Path, cfg: TagConfig) -> Path:
 
 
 def apply_plan(plan: Path, cfg: TagConfig) -> dict[str, int]:
-    """Write the accepted rows of `plan` (photos unchanged since it); report every row."""
+    """Write the accepted rows of `plan` (photos unchanged since it); report every row. A time
+    neighbour is written only when its anchor was (an anchor under review that was rejected,
+    left undecided or changed since the plan takes its neighbours with it)."""
     rows, sha256 = read_plan(plan)
     decisions = read_decisions(plan, sha256)
     if not decisions:
         raise PlanError(f"no decisions for {plan} yet: review it with "
                         f"`landmark app --review {plan}` first")  # fmt: skip
     todo = reviewable(rows)
+    under_review = {r["path"] for r in todo}
     model = todo[0].get("model", "") if todo else ""
     cfg = dataclasses.replace(cfg, report=str(applied_report(plan, cfg)), plan=False, apply="")
     tagger = Tagger(cfg, model, None)
-    try:
-        for row in todo:
-            decision = decisions.get(row["path"])
-            if not decision or not decision.get("accept"):
-                status = "rejected" if decision else "undecided"
-                tagger.write({"path": row["path"], "status": status})
-                continue
-            tagger.apply_row(row, decision.get("place"))
+    written: set[str] = set()
+    try:  # anchors first
+        for row in sorted(todo, key=lambda r: _anchor_of(r, decisions) is not None):
+            with one_line_at_most(tagger, Path(row["path"])):
+                outcome = _apply(tagger, row, decisions.get(row["path"]), under_review, written)
+                if outcome.get("status") == "tagged":
+                    written.add(row["path"])
     finally:
         tagger.close()
     return tagger.counts
+
+
+def _apply(tagger: Tagger, row, decision, under_review: set[str], written: set[str]) -> dict:
+    out = {"path": row["path"], "model": row.get("model")}
+    if not decision or not decision["accept"]:
+        return tagger.write({**out, "status": "rejected" if decision else "undecided"})
+    pick = decision["place"]
+    if row["status"] == "unsure" and not (pick is not None and 0 <= pick < len(row["candidates"])):
+        reason = f"the decision picks place {pick!r} of {len(row['candidates'])}: review again"
+        return tagger.write({**out, "status": "error", "error": reason})
+    anchor = _anchor_of(row, {row["path"]: decision})
+    if anchor in under_review and anchor not in written:
+        reason = (f"its anchor {Path(anchor).name} was not written (rejected, undecided or "
+                  "changed since the plan): its place is not written either")  # fmt: skip
+        return tagger.write({**out, "status": "anchor_not_written", "error": reason})
+    return tagger.apply_row(row, pick)
+
+
+def _anchor_of(row: dict[str, Any], decisions: dict[str, dict[str, Any]]) -> str | None:
+    """The photo a row's place comes from, if it is another photo's (a time neighbour)."""
+    if row["status"] == "unsure":
+        pick = (decisions.get(row["path"]) or {}).get("place")
+        candidates = row.get("candidates") or []
+        return (
+            candidates[pick]["anchor"] if pick is not None and 0 <= pick < len(candidates) else None
+        )
+    return row.get("anchor") if row.get("source") == "time-neighbour" else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -46,9 +45,10 @@ class Triage:
 class Tagger:
     """Writes the outcome for each photo: organized link, GPS copy, sidecar, report line.
 
-    A confident landmark is written as soon as it is known; the other photos wait for
-    `place_rest` (their place may come from a GPX track or a time neighbour). With `cfg.plan`
-    nothing but the report is written, every row waits, and placed rows say `planned`.
+    A photo with a camera time waits for `place_rest`: its trip may give it a place (a GPX
+    track, a time neighbour) or take one away (a landmark too far from the trip's other anchors
+    to be right). A confident landmark without a camera time is written as soon as it is known.
+    With `cfg.plan` nothing but the report is written, and placed rows say `planned`.
     """
 
     def __init__(
@@ -104,11 +104,10 @@ class Tagger:
                 return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
             return Triage(data=data, answer=answer)
         gps = images.gps_coordinates(data)
-        self.identities[photo] = _identity(photo, data)
+        self.identities[photo] = files.identity(photo, data)
+        self._observe(photo, data, gps)  # its own GPS stays its evidence even when overwritten
         if gps and not self.cfg.overwrite_gps:
-            self._observe(photo, data, gps)
             return Triage({**row, "status": "has_gps", "source": "exif", "photo_gps": list(gps)})
-        self._observe(photo, data, None)
         return Triage(data=data)
 
     def _observe(self, photo: Path, data: bytes, gps, answer: dict[str, Any] | None = None):
@@ -165,8 +164,10 @@ class Tagger:
         row = self._answer_row(photo, answer)
         if answer["known"]:
             self._recognised(photo, answer)
-        if not answer["known"] or self.cfg.plan:  # placed with its trip, by `place_rest`
-            self.waiting.append((photo, answer))
+        observed = self.observations.get(photo)
+        in_a_trip = observed is not None and observed.facts.local is not None
+        if not answer["known"] or self.cfg.plan or (in_a_trip and self.cfg.time_window > 0):
+            self.waiting.append((photo, answer))  # its trip decides: `place_rest`
             return row
         return self._write_outputs(photo, data, answer, {**row, "source": "landmark"})
 
@@ -205,30 +206,35 @@ class Tagger:
         """Place the photos that waited (GPX, time neighbours, with their trips) and write them."""
         if not self.waiting:
             return
-        landmarks = [
-            trips.Place(name, loc.latitude, loc.longitude, loc.country)
-            for name, loc in self._locations()
-        ]
         photos = list(self.observations.values())
-        placements = trips.place_all(photos, self.tracks, self.cfg, landmarks)
+        placements = trips.place_all(photos, self.tracks, self.cfg, self.landmarks())
         for photo, answer in self.waiting:
             with one_line_at_most(self, photo):
                 self._record_placed(photo, answer, placements.get(str(photo), trips.Placement()))
         self.waiting = []
 
-    def _locations(self):
+    def landmarks(self) -> list[trips.Place]:
+        """The model's landmarks as places (they name positions from GPS and tracks)."""
         meta = self.metadata
         if meta is None:
             return []
         names = dict(zip(meta.class_folders, meta.class_names, strict=True))
-        return [(names[label], loc) for label, loc in meta.locations.items() if label in names]
+        return [
+            trips.Place(names[label], loc.latitude, loc.longitude, loc.country)
+            for label, loc in meta.locations.items()
+            if label in names
+        ]
 
     def _record_placed(self, photo: Path, answer: dict[str, Any], placed: trips.Placement):
         """The report line (and, unless planning, the outputs) of a photo that waited."""
         row = {**self._answer_row(photo, answer), **self._trip_fields(photo, placed)}
-        status = "planned" if self.cfg.plan else "tagged"
-        if answer["known"]:  # only a plan keeps a recognised landmark waiting
-            return self.write({**row, "source": "landmark", "status": status})
+        if placed.demoted:
+            row["demoted"] = placed.demoted
+        if answer["known"] and not placed.demoted:
+            row = {**row, "source": "landmark", "confidence": row["probability"]}
+            if self.cfg.plan:
+                return self.write({**row, "status": "planned"})
+            return self._write_outputs(photo, None, answer, row)
         if placed.source not in {"gpx", "time-neighbour"}:
             candidates = [_candidate(c) for c in placed.candidates]
             return self.write({**row, "status": "unsure", "reason": placed.reason,
@@ -256,7 +262,7 @@ class Tagger:
         """Write a reviewed plan row (`pick`: the candidate chosen for an unsure photo)."""
         photo = Path(row["path"])
         out = {"path": row["path"], "model": row.get("model")}
-        problem, data = changed_since(row)
+        problem, data = files.changed_since(row)
         if problem:
             return self.write({**out, "status": "changed", "error": f"{photo}: {problem}"})
         sidecar = sidecar_path(photo)
@@ -377,38 +383,11 @@ def _candidate(candidate: trips.Candidate) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _identity(photo: Path, data: bytes) -> dict[str, Any]:
-    """What `--apply` checks to know the photo is the one planned (size, mtime, hash)."""
-    try:
-        stat = photo.stat()
-    except OSError:
-        return {}
-    digest = hashlib.sha256(data).hexdigest()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-
-
 def _bytes_or_nothing(photo: Path) -> bytes:
     try:
         return images.read_photo(photo)
     except images.BadImageError:
         return b""
-
-
-def changed_since(row: dict[str, Any]) -> tuple[str, bytes | None]:
-    """Why the photo is not the one planned ("" if it is), and its bytes."""
-    photo = Path(row["path"])
-    try:
-        stat = photo.stat()
-        data = images.read_photo(photo)
-    except (OSError, images.BadImageError) as e:
-        return f"cannot read it any more ({e})", None
-    if "sha256" not in row:
-        return "the plan has no size, time and hash of it: plan again", None
-    if stat.st_size != row.get("size") or stat.st_mtime_ns != row.get("mtime_ns"):
-        return "changed since the plan (size or modification time): plan again", None
-    if hashlib.sha256(data).hexdigest() != row["sha256"]:
-        return "changed since the plan (content): plan again", None
-    return "", data
 
 
 def _unwritable(sidecar: Path) -> str:

@@ -9,6 +9,10 @@ Nothing half-written is ever taken for done: every file is written under a tempo
 (`.landmark-<pid>-*.tmp`, created with O_EXCL/O_NOFOLLOW) and renamed into place, the sidecar
 last of a photo's outputs; a rerun completes what an interrupted run left and removes its
 temporary files. One bad photo costs one report line, never the run (README, Safety).
+
+Photos without a confident landmark wait until every photo is scored: then `runtime.trips`
+places them from GPX tracks and time neighbours (README, Trips). `--plan` writes the report
+only; `--apply PLAN` writes the rows a person accepted in the review (`runtime.review`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 
 from landmark import tracking
 from landmark.config import TagConfig
-from landmark.runtime import files, gpx, images, trips
+from landmark.runtime import clocks, files, gpx, images
 from landmark.runtime.predictor import Predictor
 from landmark.runtime.tagger import Tagger, one_line_at_most
 
@@ -154,7 +158,7 @@ def tag_library(paths: list[Path], cfg: TagConfig) -> Tagger:
     if cfg.engine == "spark" and Path(cfg.model).is_file():
         raise ValueError("--engine spark needs an MLflow model URI, not a file")
     try:
-        trips.given_offsets(cfg)  # at the door: a bad --time-offset or track costs no scoring
+        clocks.given_offsets(cfg)  # at the door: a bad --time-offset or track costs no scoring
         tracks = gpx.read_tracks([Path(p) for p in cfg.gpx])
     except ValueError as e:  # BadTrackError, a bad offset
         raise InputError(str(e)) from e
@@ -170,7 +174,13 @@ def tag_library(paths: list[Path], cfg: TagConfig) -> Tagger:
         scorer = LocalScorer(predictor)
     tagger = Tagger(cfg, model_id, predictor.metadata, tracks)
     photos, problems = find_photos(paths, exclude=tagger.outputs())
-    removed = files.sweep({p.parent for p in photos} | set(files.folders_below(tagger.outputs())))
+    removed = (
+        0
+        if cfg.plan
+        else files.sweep(  # a plan writes (and removes) nothing but its report
+            {p.parent for p in photos} | set(files.folders_below(tagger.outputs()))
+        )
+    )
     log.info("%d photos to tag with %s (%s engine)", len(photos), model_id, cfg.engine)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)

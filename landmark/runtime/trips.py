@@ -2,15 +2,17 @@
 a time neighbour's, with each camera's clock aligned first.
 
 The rules (README, Trips):
-- Clocks: a camera's offset (its clock's UTC offset, as EXIF's OffsetTimeOriginal writes it)
-  is given (`--time-offset`), or written by the camera itself, or estimated from photos that pin
-  both clocks: its photos of a recognised landmark against photos with a known UTC time at that
-  place (a phone photo with GPS, a GPX track). An unknown offset keeps the camera on its own
-  timeline: it uses only anchors among its own photos, and no GPX.
-- Anchors are photos placed by their own evidence. A photo without any takes the place of the
-  nearest anchor within `time_window` on its timeline and trip, unless the nearest anchor on
-  the other side (also within the window) is somewhere else (farther than `agree_km`): then it
-  is `unsure`, with both named. A time neighbour never becomes an anchor (no chains).
+- Clocks (`runtime.clocks`): a camera's UTC offset is given, written by the camera, or
+  estimated. An unknown offset keeps the camera on its own timeline: it uses only anchors
+  among its own photos, and no GPX.
+- Anchors are photos placed by their own evidence: EXIF GPS; a GPX track; a recognised
+  landmark, unless a track or a better supported anchor within `time_window` puts the photo
+  too far away to have travelled (`MAX_SPEED_KMH`). A recognised landmark lends its place only
+  when `anchor_support` anchors within the window agree with it.
+- A photo without evidence takes the place of the nearest anchor within `time_window` on its
+  timeline and trip, unless the nearest anchor on the other side (also within the window) is
+  somewhere else (farther than `agree_km`): then it is `unsure`, with both named. A time
+  neighbour never becomes an anchor (no chains).
 - Trips: each timeline, sorted, splits where photos are more than `trip_gap` apart.
 """
 
@@ -20,14 +22,14 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from landmark.config import TagConfig
-from landmark.runtime import gpx
-from landmark.runtime.camera import Facts, parse_offset
+from landmark.runtime import clocks, gpx
+from landmark.runtime.camera import Facts
 
-MATCH_TOLERANCE = timedelta(minutes=10)  # a companion's photo of the same landmark, at most
-MIN_PAIRS = 2  # camera photos that must agree on an estimated clock offset
-MAX_OFFSET = timedelta(hours=26)
+MAX_SPEED_KMH = 200  # faster than travel between two photos (a flight takes hours door to door)
+ANCHORS = ("exif", "landmark", "gpx")  # evidence of a photo's own: never a time neighbour
 
 
 @dataclass(frozen=True)
@@ -76,32 +78,8 @@ class Placement:
     trip: str | None = None
     utc: datetime | None = None
     clock: str = ""
-
-
-@dataclass(frozen=True)
-class Clock:
-    """A camera's clock offset and where it came from ("given", "estimated from 3 photos")."""
-
-    offset: timedelta
-    source: str
-
-
-def given_offsets(cfg: TagConfig) -> dict[str, timedelta]:
-    """`--time-offset "Canon EOS R6=+01:00"` entries as {camera: offset}.
-
-    Raises:
-        ValueError: an entry without `=` or with a bad offset, naming it.
-    """
-    offsets = {}
-    for entry in cfg.time_offset:
-        camera, sep, value = entry.rpartition("=")
-        if not sep or not camera.strip():
-            raise ValueError(f"--time-offset {entry!r}: expected CAMERA=+HH:MM")
-        try:
-            offsets[camera.strip()] = parse_offset(value)
-        except ValueError as e:
-            raise ValueError(f"--time-offset {entry!r}: {e}") from e
-    return offsets
+    demoted: str = ""  # why a recognised landmark was not trusted as this photo's place
+    support: int = 0  # anchors within the window (itself included) that agree with it
 
 
 def place_all(
@@ -111,12 +89,12 @@ def place_all(
     landmarks: list[Place] = (),
 ) -> dict[str, Placement]:
     """Place every photo; `landmarks` (the model's known places) name GPS-only places."""
-    clocks = clocks_for(photos, tracks, cfg)
+    found = clocks.clocks_for(photos, tracks, cfg)
     placements = {p.path: Placement() for p in photos}
     timelines: dict[str, list[tuple[datetime, Observation]]] = defaultdict(list)
     for photo in photos:
         placed = placements[photo.path]
-        when, timeline, placed.clock = _time_of(photo, clocks)
+        when, timeline, placed.clock = _time_of(photo, found)
         if when is None:
             placed.reason = photo.facts.time_problem or "no usable camera time"
         else:
@@ -128,107 +106,107 @@ def place_all(
     _name_trips(timelines, placements, timedelta(minutes=cfg.trip_gap))
     window = timedelta(minutes=cfg.time_window)
     for timeline in timelines.values() if cfg.time_window > 0 else ():
+        _demote_implausible(timeline, placements, window, cfg.agree_km)
         for when, photo in timeline:
             if placements[photo.path].source is None:
-                _time_neighbour(when, photo, timeline, placements, window, cfg.agree_km)
+                _time_neighbour(
+                    when, photo, timeline, placements, window, cfg.agree_km, cfg.anchor_support
+                )
     return placements
 
 
-def clocks_for(photos: list[Observation], tracks: list[gpx.Segment], cfg: TagConfig):
-    """Each camera's clock: given, else estimated (cameras that write their offset need none)."""
-    given = given_offsets(cfg)
-    clocks: dict[str, Clock] = {}
-    for camera in {p.facts.camera for p in photos if p.facts.camera}:
-        name = camera.split(" (")[0]
-        offset = given.get(camera, given.get(name))
-        if offset is not None:
-            clocks[camera] = Clock(offset, "given")
-    references = [(p.facts.utc, p) for p in photos if p.facts.utc and (p.gps or p.landmark)]
-    for camera in {p.facts.camera for p in photos if p.facts.local and not p.facts.utc}:
-        if camera and camera not in clocks:
-            own = [p for p in photos if p.facts.camera == camera and p.landmark and p.facts.local]
-            estimate = estimate_offset(own, references, tracks, cfg.agree_km)
-            if estimate is not None:
-                clocks[camera] = estimate
-    return clocks
-
-
-def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
-    """The clock offset that puts the most of a camera's landmark photos within
-    `MATCH_TOLERANCE` of a photo with a known UTC time at that place, or of a GPX track passing
-    there; None unless `MIN_PAIRS` photos agree. Ties: the middle of the best stretch."""
-    events: list[tuple[float, int]] = []
-    for photo in own:
-        lm = photo.landmark
-        times = [t for t, ref in references if _agrees(_position(ref), lm, agree_km)]
-        times += gpx.times_near(tracks, lm.latitude, lm.longitude, agree_km)
-        spans = _merged(
-            [(t - photo.facts.local) - MATCH_TOLERANCE, (t - photo.facts.local) + MATCH_TOLERANCE]
-            for t in times
-            if abs(t - photo.facts.local) <= MAX_OFFSET
+def _demote_implausible(timeline, placements, window: timedelta, agree_km: float) -> None:
+    """A recognised landmark stops being an anchor when another anchor within `window` is too
+    far away to have been reached in the time between them (over `MAX_SPEED_KMH`) and is at
+    least as well supported (as many anchors within the window agree with it), or is the
+    photo's or a track's own GPS. Decided for all at once, from the anchors as they were."""
+    anchors = [(t, p.path) for t, p in timeline if placements[p.path].source in ANCHORS]
+    near: dict[str, list[tuple[float, str]]] = {}
+    for i, (t, path) in enumerate(anchors):
+        near[path] = [
+            ((u - t).total_seconds(), other)
+            for u, other in anchors[max(0, i - 200) : i + 200]
+            if abs(u - t) <= window and other != path
+        ]
+    place = {path: placements[path].place for _, path in anchors}
+    support = {
+        path: 1 + sum(_agrees(place[path], place[o], agree_km) for _, o in others)
+        for path, others in near.items()
+    }
+    for path, count in support.items():
+        placements[path].support = count
+    demoted = {}
+    for path, others in near.items():
+        if placements[path].source != "landmark":
+            continue  # a photo's own GPS and a track are trusted
+        rivals = [
+            (gap, o)
+            for gap, o in others
+            if _implausible(place[path], place[o], gap, agree_km)
+            and (placements[o].source != "landmark" or support[o] >= support[path])
+        ]
+        if rivals:
+            demoted[path] = rivals
+    for path, rivals in demoted.items():
+        placed = placements[path]
+        gap, rival = min(rivals, key=lambda r: abs(r[0]))
+        placed.reason = placed.demoted = (
+            f"recognised {placed.place.name}, but {Path(rival).name} {abs(gap) / 60:.0f} min "
+            f"{'later' if gap > 0 else 'earlier'} is at {place[rival].name}, too far away"
         )
-        for start, end in spans:
-            events += [(start.total_seconds(), 1), (end.total_seconds(), -1)]
-    best, count, best_span, start = 0, 0, (0.0, 0.0), 0.0
-    for at, step in sorted(events, key=lambda e: (e[0], -e[1])):
-        if step < 0 and count == best and at - start > best_span[1] - best_span[0]:
-            best_span = (start, at)
-        count += step
-        if count > best:
-            best, start, best_span = count, at, (at, at)
-        elif step > 0 and count == best:
-            start = at
-    if best < MIN_PAIRS:
-        return None
-    middle = timedelta(seconds=round(sum(best_span) / 2))
-    # the references' UTC minus the camera's reading is minus the clock's UTC offset
-    return Clock(-middle, f"estimated from {best} photos")
+        distinct: list[Candidate] = []
+        for gap, o in sorted(rivals, key=lambda r: abs(r[0])):
+            if not any(_agrees(place[o], c.place, agree_km) for c in distinct):
+                distinct.append(Candidate(place[o], o, -gap))
+        placed.source, placed.place, placed.candidates = None, None, distinct
 
 
-def _merged(spans) -> list[list[timedelta]]:
-    merged: list[list[timedelta]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return merged
+def _implausible(a: Place, b: Place, gap_s: float, agree_km: float) -> bool:
+    """Too far apart to travel between in `gap_s` seconds."""
+    km = gpx.distance_km(a.latitude, a.longitude, b.latitude, b.longitude)
+    return km > agree_km and km > MAX_SPEED_KMH * max(abs(gap_s), 60) / 3600
 
 
-def _time_of(photo: Observation, clocks: dict[str, Clock]):
-    """(time, timeline, how the clock is known): UTC when the clock is known, else the camera's
-    own reading on the camera's own timeline."""
-    facts, clock = photo.facts, clocks.get(photo.facts.camera)
+def _time_of(photo: Observation, found: dict[str, clocks.Clock]):
+    """(time, timeline, how the clock is known): UTC from a given clock, from the camera's own
+    UTC time, or from its estimated clock; else its own reading on the camera's own timeline (a
+    photo without a camera name on a timeline of its own: it could be any device)."""
+    facts, clock = photo.facts, found.get(photo.facts.camera)
     if facts.local is None:
         return None, "", ""
-    if clock is not None:
-        return facts.local - clock.offset, "utc", f"{clock.source} ({_offset_text(clock.offset)})"
+    if clock is not None and clock.source == "given":
+        return facts.local - clock.offset, "utc", f"given ({clocks.offset_text(clock.offset)})"
     if facts.utc is not None:
         return facts.utc, "utc", "written by the camera"
+    if clock is not None:
+        return (
+            facts.local - clock.offset,
+            "utc",
+            f"{clock.source} ({clocks.offset_text(clock.offset)})",
+        )
+    if not facts.camera:
+        return facts.local, f"photo:{photo.path}", "unknown camera: only its own evidence"
     return facts.local, f"camera:{facts.camera}", "unknown: only its own photos are used"
 
 
-def _offset_text(offset: timedelta) -> str:
-    seconds = int(offset.total_seconds())
-    sign, seconds = ("-" if seconds < 0 else "+"), abs(seconds)
-    return f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
-
-
 def _own_evidence(photo, placed: Placement, tracks, cfg: TagConfig, landmarks) -> None:
+    """The photo's own GPS; else its landmark, unless a track puts it elsewhere at that
+    moment (the track wins: it measured where the photo was); else the track."""
+    fix = None
+    if photo.gps is None and placed.utc is not None and tracks:
+        fix = gpx.position_at(tracks, placed.utc, cfg.gpx_max_gap * 60, cfg.agree_km)
     if photo.gps is not None:
-        placed.source = "exif"
-        placed.place = _named(*photo.gps, landmarks, cfg.agree_km)
-    elif photo.landmark is not None:
+        placed.source, placed.place = "exif", _named(*photo.gps, landmarks, cfg.agree_km)
+    elif photo.landmark is not None and (fix is None or _agrees(photo.landmark, fix, cfg.agree_km)):
         placed.source, placed.place = "landmark", photo.landmark
-    elif placed.utc is not None and tracks:
-        fix = gpx.position_at(tracks, placed.utc, cfg.gpx_max_gap * 60)
-        if fix is not None:
-            confidence = (
-                1.0 if fix.gap_s <= 60 else max(0.5, 1 - fix.gap_s / (cfg.gpx_max_gap * 120))
-            )
-            place = _named(fix.latitude, fix.longitude, landmarks, cfg.agree_km, confidence)
-            placed.source, placed.place = "gpx", place
-            placed.gpx_file, placed.gpx_gap_s = fix.file, fix.gap_s
+    elif fix is not None:
+        if photo.landmark is not None:
+            placed.demoted = (f"recognised {photo.landmark.name}, but the track {fix.file} was "
+                              f"at {fix.latitude:.5f}, {fix.longitude:.5f} then")  # fmt: skip
+        confidence = 1.0 if fix.gap_s <= 60 else max(0.5, 1 - fix.gap_s / (cfg.gpx_max_gap * 120))
+        place = _named(fix.latitude, fix.longitude, landmarks, cfg.agree_km, confidence)
+        placed.source, placed.place = "gpx", place
+        placed.gpx_file, placed.gpx_gap_s = fix.file, fix.gap_s
     if placed.source is not None:
         placed.reason = ""
 
@@ -257,13 +235,15 @@ def _name_trips(timelines, placements, gap: timedelta) -> None:
             placements[path].trip = f"trip {number} · {when:%Y-%m-%d}"
 
 
-def _time_neighbour(when, photo, timeline, placements, window, agree_km: float) -> None:
+def _time_neighbour(when, photo, timeline, placements, window, agree_km, anchor_support) -> None:
     """Place `photo` from the nearest anchors before and after it (same timeline and trip)."""
     placed = placements[photo.path]
     times = [t for t, _ in timeline]
     anchors = []
     for side in (-1, 1):
-        nearest = _nearest_anchor(when, photo, timeline, times, placements, window, side)
+        nearest = _nearest_anchor(
+            when, photo, timeline, times, placements, window, side, anchor_support
+        )
         anchors += nearest
     if not anchors:
         placed.reason = placed.reason or f"no placed photo within {_minutes(window)} on its trip"
@@ -287,9 +267,11 @@ def _time_neighbour(when, photo, timeline, placements, window, agree_km: float) 
     placed.reason = ""
 
 
-def _nearest_anchor(when, photo, timeline, times, placements, window, side: int):
+def _nearest_anchor(when, photo, timeline, times, placements, window, side: int, support: int):
     """The anchors at the smallest gap on one side (-1 before, +1 after), within the window
-    and the photo's trip: [(gap_s, path)]."""
+    and the photo's trip: [(gap_s, path)]. A recognised landmark lends its place only when
+    `support` anchors (itself included) within the window agree with it: a lone recognition
+    may be the model's mistake, and it would be copied to every photo around it."""
     trip = placements[photo.path].trip
     index = bisect.bisect_right(times, when)  # photos at the very same time count as before
     order = range(index - 1, -1, -1) if side < 0 else range(index, len(timeline))
@@ -304,7 +286,7 @@ def _nearest_anchor(when, photo, timeline, times, placements, window, side: int)
         if best is not None and abs(gap) > best:
             break
         anchor = placements[other.path]
-        if anchor.source in {"exif", "landmark", "gpx"}:
+        if anchor.source in ANCHORS and (anchor.source != "landmark" or anchor.support >= support):
             found.append((gap, other.path))
             best = abs(gap)
     return found
@@ -316,12 +298,6 @@ def _agrees(a: Place | None, b: Place | None, agree_km: float) -> bool:
         and b is not None
         and gpx.distance_km(a.latitude, a.longitude, b.latitude, b.longitude) <= agree_km
     )
-
-
-def _position(photo: Observation) -> Place:
-    if photo.gps is not None:
-        return Place("", *photo.gps)
-    return photo.landmark
 
 
 def _minutes(window: timedelta) -> str:

@@ -1,0 +1,164 @@
+"""Camera clocks: each camera's UTC offset, given (`--time-offset`), from its own photos
+that carry both its time and GPS time, or estimated from photos that pin both clocks (its
+recognised landmark photos against a phone photo with GPS, or a GPX track, at that place). An
+estimate that another offset fits nearly as well is refused: a wrong clock would misplace every
+photo of that camera.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from landmark.config import TagConfig
+from landmark.runtime import gpx
+from landmark.runtime.camera import parse_offset
+
+log = logging.getLogger(__name__)
+MATCH_TOLERANCE = timedelta(minutes=10)  # a companion's photo of the same landmark, at most
+MIN_PAIRS = 2  # camera photos that must agree on an estimated clock offset
+MAX_OFFSET = timedelta(hours=26)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A camera's clock offset and where it came from ("given", "estimated from 3 photos")."""
+
+    offset: timedelta
+    source: str
+
+
+def given_offsets(cfg: TagConfig) -> dict[str, timedelta]:
+    """`--time-offset "Canon EOS R6=+01:00"` entries as {camera: offset}.
+
+    Raises:
+        ValueError: an entry without `=` or with a bad offset, naming it.
+    """
+    offsets = {}
+    for entry in cfg.time_offset:
+        camera, sep, value = entry.rpartition("=")
+        if not sep or not camera.strip():
+            raise ValueError(f"--time-offset {entry!r}: expected CAMERA=+HH:MM")
+        try:
+            offsets[camera.strip()] = parse_offset(value)
+        except ValueError as e:
+            raise ValueError(f"--time-offset {entry!r}: {e}") from e
+    return offsets
+
+
+def clocks_for(photos, tracks: list[gpx.Segment], cfg: TagConfig) -> dict[str, Clock]:
+    """Each camera's clock: given; else from its own photos that carry both times (camera and
+    GPS); else estimated from evidence that pins both clocks. A camera absent from `photos` but
+    named in `--time-offset` is logged (a typo would otherwise pass silently)."""
+    given = given_offsets(cfg)
+    cameras = {p.facts.camera for p in photos if p.facts.camera}
+    clocks: dict[str, Clock] = {}
+    for camera in cameras:
+        offset = given.get(camera, given.get(camera.split(" (")[0]))
+        if offset is not None:
+            clocks[camera] = Clock(offset, "given")
+    unused = set(given) - cameras - {c.split(" (")[0] for c in cameras}
+    if unused:
+        log.warning("--time-offset names %s, not among the cameras found: %s",
+                    ", ".join(sorted(unused)), ", ".join(sorted(cameras)) or "none")  # fmt: skip
+    references = [(p.facts.utc, p) for p in photos if p.facts.utc and (p.gps or p.landmark)]
+    for camera in sorted(c for c in cameras if c not in clocks):
+        own = [p for p in photos if p.facts.camera == camera and p.facts.local]
+        if all(p.facts.utc for p in own):
+            continue  # it writes its times in UTC terms itself
+        both = sorted(p.facts.local - p.facts.utc for p in own if p.facts.utc)
+        if both:
+            clocks[camera] = Clock(both[len(both) // 2], f"from {len(both)} of its own UTC times")
+            continue
+        landmarks = [p for p in own if p.landmark]
+        estimate = estimate_offset(landmarks, references, tracks, cfg.agree_km)
+        if estimate is not None:
+            clocks[camera] = estimate
+    for camera in sorted(cameras):
+        clock = clocks.get(camera)
+        known = f"{offset_text(clock.offset)} ({clock.source})" if clock else "unknown"
+        log.info("clock of %s: %s", camera, known)
+    return clocks
+
+
+def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
+    """The clock offset that puts the most of a camera's landmark photos within
+    `MATCH_TOLERANCE` of a photo with a known UTC time at that place, or of a GPX track passing
+    there; the middle of the best stretch. None unless `MIN_PAIRS` photos agree, and None when
+    another offset, apart from it, is nearly as good (ambiguous: a wrong clock would place a
+    whole camera wrongly). A track near a place for longer than `4 * MATCH_TOLERANCE` does not
+    pin a time there, so it is not used for that photo."""
+    events: list[tuple[float, int]] = []
+    for photo in own:
+        lm, local = photo.landmark, photo.facts.local
+        times = [t for t, ref in references if _near(_position(ref), lm, agree_km)]
+        spans = _spans(times, local)
+        track = _spans(gpx.times_near(tracks, lm.latitude, lm.longitude, agree_km), local)
+        spans = _merged(spans + [s for s in track if s[1] - s[0] <= 6 * MATCH_TOLERANCE])
+        for start, end in spans:
+            events += [(start.total_seconds(), 1), (end.total_seconds(), -1)]
+    stretches, count, previous = [], 0, None  # (start, end, photos agreeing)
+    for at, step in sorted(events, key=lambda e: (e[0], -e[1])):
+        if previous is not None and at > previous and count:
+            stretches.append((previous, at, count))
+        count += step
+        previous = at
+    best = max((c for _, _, c in stretches), default=0)
+    if best < MIN_PAIRS:
+        return None
+    rivals = _regions([s for s in stretches if s[2] >= max(MIN_PAIRS, best - 1)])
+    if len(rivals) > 1:
+        log.info("clock offset ambiguous: %d offsets fit %d photos", len(rivals), best)
+        return None
+    start, end, _ = max((s for s in stretches if s[2] == best), key=lambda s: s[1] - s[0])
+    # the references' UTC minus the camera's reading is minus the clock's UTC offset
+    return Clock(-timedelta(seconds=round((start + end) / 2)), f"estimated from {best} photos")
+
+
+def _spans(times, local: datetime) -> list[list[timedelta]]:
+    """The offsets (reference minus camera reading) each within the tolerance of a match."""
+    return _merged(
+        [(t - local) - MATCH_TOLERANCE, (t - local) + MATCH_TOLERANCE]
+        for t in times
+        if abs(t - local) <= MAX_OFFSET
+    )
+
+
+def _regions(stretches) -> list[tuple[float, float]]:
+    """Stretches joined into regions: ones less than two tolerances apart are one offset."""
+    regions: list[list[float]] = []
+    join = 2 * MATCH_TOLERANCE.total_seconds()
+    for start, end, _ in sorted(stretches):
+        if regions and start <= regions[-1][1] + join:
+            regions[-1][1] = max(regions[-1][1], end)
+        else:
+            regions.append([start, end])
+    return [tuple(r) for r in regions]
+
+
+def _merged(spans) -> list[list[timedelta]]:
+    merged: list[list[timedelta]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def offset_text(offset: timedelta) -> str:
+    seconds = int(offset.total_seconds())
+    sign, seconds = ("-" if seconds < 0 else "+"), abs(seconds)
+    return f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+
+
+def _position(photo):
+    """Where a reference photo was: its GPS, else its recognised landmark (lat, lon)."""
+    if photo.gps is not None:
+        return photo.gps
+    return photo.landmark.latitude, photo.landmark.longitude
+
+
+def _near(position: tuple[float, float], place, km: float) -> bool:
+    return gpx.distance_km(*position, place.latitude, place.longitude) <= km
