@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, required=True, help="build_trip_library --out")
     parser.add_argument("--model", required=True, help="MLflow model URI of the proxy model")
     parser.add_argument("--windows", type=float, nargs="+", default=[5, 10, 20, 30, 60, 120])
-    parser.add_argument("--gaps", type=float, nargs="+", default=[30, 60, 180, 360])
+    parser.add_argument("--gaps", type=float, nargs="+", default=[30, 60, 90, 120, 180, 360])
     args = parser.parse_args()
     truth = {r["path"]: r for r in csv.DictReader((args.library / "truth.csv").open())}
     manifest = json.loads((args.library / "manifest.json").read_text())
@@ -125,9 +125,10 @@ def main() -> None:
     print("\n| time window (with GPX) | within 1 km | wrong | unplaced | by source |")
     print("|---|---|---|---|---|")
     for window in args.windows:
-        cfg = dataclasses.replace(base, time_window=window)
-        counts = score(trips.place_all(photos, tracks, cfg, landmarks), truth, args.library)
-        print(table_row(f"{window:g} min", counts))
+        for given in ((), true_offsets):
+            cfg = dataclasses.replace(base, time_window=window, time_offset=given)
+            counts = score(trips.place_all(photos, tracks, cfg, landmarks), truth, args.library)
+            print(table_row(f"{window:g} min{', true clocks' if given else ''}", counts))
     print("\n| anchor support (with GPX) | within 1 km | wrong | unplaced | by source |")
     print("|---|---|---|---|---|")
     for support in (1, 2, 3):
@@ -136,13 +137,18 @@ def main() -> None:
         print(table_row(f"{support}", counts))
     print("\n| trip gap (with GPX) | within 1 km | wrong | unplaced | by source |")
     print("|---|---|---|---|---|")
+    true_trips = len({r["trip"] for r in truth.values()})
     for gap in args.gaps:
         cfg = dataclasses.replace(base, trip_gap=gap)
         placements = trips.place_all(photos, tracks, cfg, landmarks)
-        trips_found = len({p.trip for p in placements.values() if p.trip})
-        print(
-            table_row(f"{gap:g} min ({trips_found} trips)", score(placements, truth, args.library))
-        )
+        found: dict[str, set] = {}
+        for path, placed in placements.items():
+            if placed.trip:
+                true_trip = truth[str(Path(path).relative_to(args.library / "library"))]["trip"]
+                found.setdefault(placed.trip, set()).add(true_trip)
+        mixed = sum(len(t) > 1 for t in found.values())
+        name = f"{gap:g} min ({len(found)} found, {mixed} mixing trips; truth {true_trips})"
+        print(table_row(name, score(placements, truth, args.library)))
 
 
 if __name__ == "__main__":

@@ -415,7 +415,7 @@ class TagConfig(Validated):
         allowed=AT_LEAST_0,
     )  # fmt: skip
     trip_gap: float = _param(
-        180.0, "photos more than this many minutes apart are different trips", allowed=POSITIVE
+        90.0, "photos more than this many minutes apart are different trips", allowed=POSITIVE
     )
     time_offset: tuple[str, ...] = _param(
         (), 'a camera clock\'s UTC offset, as EXIF writes it: "Canon EOS R6=+01:00" (repeat '
@@ -425,7 +425,7 @@ class TagConfig(Validated):
         1.0, "anchors farther apart than this many km are different places", allowed=POSITIVE
     )
     anchor_support: int = _param(
-        2, "a recognised landmark lends its place to photos around it only when this many "
+        1, "a recognised landmark lends its place to photos around it only when this many "
         "anchors within the time window (itself included) agree with it", allowed=AT_LEAST_1,
     )  # fmt: skip
 

@@ -51,9 +51,7 @@ def trip(root: Path) -> Path:
 
 def plan(photos: Path, tmp: Path, champion: str) -> Path:
     report = tmp / "plan.jsonl"
-    # one photo per landmark on this trip: each may lend its place (the default asks for two)
-    cfg = TagConfig(model=champion, report=str(report), plan=True, threshold=THRESHOLD,
-                    anchor_support=1)  # fmt: skip
+    cfg = TagConfig(model=champion, report=str(report), plan=True, threshold=THRESHOLD)
     tagging.tag([photos], cfg)
     return report
 
@@ -149,14 +147,8 @@ def test_plan_with_organize_and_gps_copies_still_writes_nothing(champion, tmp_pa
     (photos / ".landmark-1-left.tmp").write_bytes(b"a killed run's")  # a plan removes nothing
     before = snapshot(photos)
     outputs = {"organize": str(tmp_path / "by-place"), "gps_copies": str(tmp_path / "gps")}
-    cfg = TagConfig(
-        model=champion,
-        report=str(tmp_path / "p.jsonl"),
-        plan=True,
-        threshold=THRESHOLD,
-        anchor_support=1,
-        **outputs,
-    )
+    report = str(tmp_path / "p.jsonl")
+    cfg = TagConfig(model=champion, report=report, plan=True, threshold=THRESHOLD, **outputs)
     assert tagging.tag([photos], cfg)["planned"] == 5
     assert snapshot(photos) == before
     assert not (tmp_path / "by-place").exists() and not (tmp_path / "gps").exists()
@@ -252,4 +244,28 @@ def test_review_page_in_a_browser_then_apply(planned, browser, tmp_path):
         "Eiffel Tower",
         "IMG_0007.jpg",
     )
+    assert exif(photos / "IMG_0003.jpg.xmp")["XMP-landmark:Source"] == "time-neighbour"
+
+
+@pytest.mark.skipif(not EXIFTOOL, reason="needs exiftool (.ci/run installs it)")
+def test_tag_without_a_plan_writes_track_and_neighbour_places_at_once(champion, tmp_path):
+    photos = trip(tmp_path / "photos")
+    before = snapshot(photos)
+    track = tmp_path / "walk.gpx"  # 10:50-11:10 on the camera (India time): around IMG_0004
+    points = "".join(
+        f'<trkpt lat="{48.8600 + i * 0.0001:.4f}" lon="2.3000"><time>2026-03-02T05:{20 + i}:00Z'
+        "</time></trkpt>"
+        for i in range(21)
+    )
+    track.write_text(f'<gpx version="1.1"><trk><trkseg>{points}</trkseg></trk></gpx>')
+    clocks = {"gpx": (str(track),), "time_offset": ("Canon EOS R6=+05:30",)}
+    cfg = TagConfig(model=champion, report=str(tmp_path / "r.jsonl"), threshold=THRESHOLD, **clocks)
+    counts = tagging.tag([photos], cfg)
+    assert counts["tagged"] == 6 and counts["unsure"] == 2  # IMG_0006 and the screenshot
+    after = snapshot(photos)
+    assert {k: v for k, v in after.items() if not k.endswith(".xmp")} == before
+    placed = exif(photos / "IMG_0004.jpg.xmp")
+    assert (placed["XMP-landmark:Source"], placed["XMP-landmark:GPXFile"]) == ("gpx", "walk.gpx")
+    assert placed["XMP-exif:GPSLatitude"] == pytest.approx(48.8610, abs=1e-4)
+    assert "XMP-dc:Subject" not in placed and "XMP-landmark:Reviewed" not in placed
     assert exif(photos / "IMG_0003.jpg.xmp")["XMP-landmark:Source"] == "time-neighbour"

@@ -29,9 +29,7 @@ def shot(name, minutes, cam=CANON, landmark=None, gps=None, utc_offset=None):
 
 
 def place(photos, tracks=(), **cfg):
-    """`place_all`; one recognised landmark is enough to lend its place here (the default
-    asks for two that agree: `test_a_lone_recognition_lends_its_place_to_no_one`)."""
-    return trips.place_all(photos, list(tracks), TagConfig(**{"anchor_support": 1, **cfg}))
+    return trips.place_all(photos, list(tracks), TagConfig(**cfg))
 
 
 def test_a_landmark_places_its_time_neighbours_within_the_window_only():
@@ -209,7 +207,7 @@ def test_bad_gpx_files_are_refused_naming_the_file(tmp_path, content, message):
 
 def test_trips_split_at_gaps_and_neighbours_stay_in_their_trip():
     photos = [shot("a", 0, landmark=TAJ), shot("b", 20), shot("x", 20 + 181)]
-    placed = place(photos, time_window=240)
+    placed = place(photos, time_window=240, trip_gap=180)
     assert placed["a"].trip == placed["b"].trip != placed["x"].trip
     assert placed["x"].source is None  # within the window, but on the next trip
     assert placed["x"].trip.startswith("trip 2 · 2026-03-02")
@@ -295,14 +293,15 @@ def test_gpx_never_interpolates_across_a_journey_or_between_disagreeing_tracks(t
         gpx.read_tracks([tmp_path])
 
 
-def test_a_lone_recognition_lends_its_place_to_no_one():
+def test_with_anchor_support_2_a_lone_recognition_lends_its_place_to_no_one():
     lone = [shot("a", 0, landmark=TAJ), shot("b", 10)]
-    assert trips.place_all(lone, [], TagConfig())["b"].source is None
-    assert trips.place_all(lone, [], TagConfig())["a"].source == "landmark"  # its own, still
+    assert place(lone, anchor_support=2)["b"].source is None
+    assert place(lone, anchor_support=2)["a"].source == "landmark"  # its own, still
+    assert place(lone)["b"].anchor == "a"  # the default: one is enough
     burst = [shot("a", 0, landmark=TAJ), shot("a2", 1, landmark=TAJ), shot("b", 10)]
-    assert trips.place_all(burst, [], TagConfig())["b"].anchor == "a2"
+    assert place(burst, anchor_support=2)["b"].anchor == "a2"
     gps = [shot("p", 0, gps=(27.1751, 78.0421)), shot("b", 10)]  # a photo's own GPS: trusted
-    assert trips.place_all(gps, [], TagConfig())["b"].anchor == "p"
+    assert place(gps, anchor_support=2)["b"].anchor == "p"
 
 
 def test_a_track_outranks_a_landmark_it_was_nowhere_near(tmp_path):

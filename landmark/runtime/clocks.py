@@ -27,6 +27,7 @@ class Clock:
 
     offset: timedelta
     source: str
+    photos: int = 0  # how many of the camera's photos an estimate rests on
 
 
 def given_offsets(cfg: TagConfig) -> dict[str, timedelta]:
@@ -63,6 +64,7 @@ def clocks_for(photos, tracks: list[gpx.Segment], cfg: TagConfig) -> dict[str, C
         log.warning("--time-offset names %s, not among the cameras found: %s",
                     ", ".join(sorted(unused)), ", ".join(sorted(cameras)) or "none")  # fmt: skip
     references = [(p.facts.utc, p) for p in photos if p.facts.utc and (p.gps or p.landmark)]
+    remaining = {}  # camera -> its landmark photos, for cameras whose clock is to be estimated
     for camera in sorted(c for c in cameras if c not in clocks):
         own = [p for p in photos if p.facts.camera == camera and p.facts.local]
         if all(p.facts.utc for p in own):
@@ -70,11 +72,24 @@ def clocks_for(photos, tracks: list[gpx.Segment], cfg: TagConfig) -> dict[str, C
         both = sorted(p.facts.local - p.facts.utc for p in own if p.facts.utc)
         if both:
             clocks[camera] = Clock(both[len(both) // 2], f"from {len(both)} of its own UTC times")
-            continue
-        landmarks = [p for p in own if p.landmark]
-        estimate = estimate_offset(landmarks, references, tracks, cfg.agree_km)
-        if estimate is not None:
-            clocks[camera] = estimate
+        else:
+            remaining[camera] = [p for p in own if p.landmark]
+    for camera, clock in clocks.items():
+        references += _aligned(photos, camera, clock)
+    # The surest estimate first; its camera's photos then pin the clocks of the others (a
+    # second camera shooting the same landmarks on the same visits).
+    while remaining:
+        found = {
+            camera: estimate
+            for camera, own in remaining.items()
+            if (estimate := estimate_offset(own, references, tracks, cfg.agree_km)) is not None
+        }
+        if not found:
+            break
+        camera = max(found, key=lambda c: (found[c].photos, c))
+        clocks[camera] = found[camera]
+        references += _aligned(photos, camera, found[camera])
+        del remaining[camera]
     for camera in sorted(cameras):
         clock = clocks.get(camera)
         known = f"{offset_text(clock.offset)} ({clock.source})" if clock else "unknown"
@@ -113,7 +128,18 @@ def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
         return None
     start, end, _ = max((s for s in stretches if s[2] == best), key=lambda s: s[1] - s[0])
     # the references' UTC minus the camera's reading is minus the clock's UTC offset
-    return Clock(-timedelta(seconds=round((start + end) / 2)), f"estimated from {best} photos")
+    offset = -timedelta(seconds=round((start + end) / 2))
+    return Clock(offset, f"estimated from {best} photos", best)
+
+
+def _aligned(photos, camera: str, clock: Clock) -> list[tuple[datetime, object]]:
+    """A camera's placed photos (GPS or landmark) with their UTC times: references for the
+    clocks of other cameras."""
+    return [
+        (p.facts.utc or p.facts.local - clock.offset, p)
+        for p in photos
+        if p.facts.camera == camera and p.facts.local and (p.gps or p.landmark)
+    ]
 
 
 def _spans(times, local: datetime) -> list[list[timedelta]]:
