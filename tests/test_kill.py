@@ -18,7 +18,7 @@ import pytest
 from conftest import export_tiny_model, photo_bytes
 from hostile import tree_snapshot
 
-from landmark.runtime import tagging
+from landmark.runtime import sidecars
 
 BIN = Path(sys.executable).parent
 
@@ -81,7 +81,7 @@ def test_killed_runs_leave_every_output_exactly_once_and_nothing_half_done(tmp_p
     rng = random.Random(1234)
     codes = []
     for i in range(kills):
-        done = sum(tagging.sidecar_path(p).exists() for p in photos)
+        done = sum(sidecars.sidecar_path(p).exists() for p in photos)
         codes.append(run_and_kill(command, report, done, rng, early=i % 5 == 4))
     assert -signal.SIGKILL in codes  # runs were really cut short
     final = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -92,7 +92,7 @@ def test_killed_runs_leave_every_output_exactly_once_and_nothing_half_done(tmp_p
     last_run = {row["path"]: row for row in rows[-len(photos) :]}
     assert {r["status"] for r in last_run.values()} <= {"skipped", "tagged"}
     for photo in photos:
-        assert tagging.tagged_by(tagging.sidecar_path(photo)) == last_run[str(photo)]["model"]
+        assert sidecars.tagged_by(sidecars.sidecar_path(photo)) == last_run[str(photo)]["model"]
     copies = [p.read_bytes() for p in outputs_below(organize)]
     assert sorted(copies) == sorted(p.read_bytes() for p in photos)  # each photo once
     jpegs = [p for p in photos if p.suffix == ".jpg"]

@@ -6,6 +6,7 @@ door with nothing written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -237,6 +238,7 @@ def test_review_page_in_a_browser_then_apply(planned, browser, tmp_path):
     done = subprocess.run([str(BIN / "landmark"), "tag", "--apply", str(report)],
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert (report.with_name("plan.applied.jsonl")).exists()  # next to the plan, not the cwd
     written = sorted(p.name for p in photos.glob("*.xmp"))
     assert written == [f"IMG_000{i}.jpg.xmp" for i in (1, 2, 3, 6, 7)]
     picked = exif(photos / "IMG_0006.jpg.xmp")  # the Eiffel Tower, from IMG_0007 (accepted)
@@ -269,3 +271,16 @@ def test_tag_without_a_plan_writes_track_and_neighbour_places_at_once(champion, 
     assert placed["XMP-exif:GPSLatitude"] == pytest.approx(48.8610, abs=1e-4)
     assert "XMP-dc:Subject" not in placed and "XMP-landmark:Reviewed" not in placed
     assert exif(photos / "IMG_0003.jpg.xmp")["XMP-landmark:Source"] == "time-neighbour"
+    # resumed: a lost sidecar is placed again from its anchor, which the rerun only skips
+    (photos / "IMG_0003.jpg.xmp").unlink()
+    assert tagging.tag([photos], cfg) == {"skipped": 5, "tagged": 1, "unsure": 2}
+    assert exif(photos / "IMG_0003.jpg.xmp")["XMP-landmark:Anchor"] == "IMG_0001.jpg"
+    # a plan over the tagged library that asks for more (links) can be applied: rows carry
+    # what --apply checks
+    replan = TagConfig(**{**dataclasses.asdict(cfg), "plan": True, "organize": str(tmp_path / "o"),
+                          "report": str(tmp_path / "again.jsonl")})  # fmt: skip
+    tagging.tag([photos], replan)
+    planned = [
+        r for r in rows_by_name(tmp_path / "again.jsonl").values() if r["status"] == "planned"
+    ]
+    assert planned and all(len(r["sha256"]) == 64 for r in planned)

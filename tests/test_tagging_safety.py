@@ -16,7 +16,7 @@ from conftest import export_tiny_model, gps_jpeg, photo_bytes, tiny_metadata
 from hostile import DEEP, photo_corpus, remove_tree
 
 from landmark.config import TagConfig
-from landmark.runtime import files, images, tagging
+from landmark.runtime import files, images, sidecars, tagging
 from landmark.runtime.contract import Location
 from landmark.runtime.predictor import Predictor
 
@@ -167,14 +167,14 @@ def test_a_sidecar_that_appears_during_the_run_is_left_alone(model, tmp_path):
     class MeanwhileDarktable(tagging.LocalScorer):
         def score(self, pending, top_k, threshold):
             answered = list(super().score(pending, top_k, threshold))
-            tagging.sidecar_path(made[0]).write_text("<x:xmpmeta>darktable's edits</x:xmpmeta>")
+            sidecars.sidecar_path(made[0]).write_text("<x:xmpmeta>darktable's edits</x:xmpmeta>")
             yield from answered
 
     tagging.tag_photos(made, tagger, MeanwhileDarktable(predictor), 0.0)
     tagger.close()
     report = rows(tmp_path / "report.jsonl")
     assert "appeared during the run" in report["p0.jpg"]["error"]
-    assert "darktable" in tagging.sidecar_path(made[0]).read_text()
+    assert "darktable" in sidecars.sidecar_path(made[0]).read_text()
     assert report["p1.jpg"]["status"] == "tagged"
 
 

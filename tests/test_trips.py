@@ -4,6 +4,7 @@ estimated, unknown), trips split by gaps; EXIF times and GPX files, good and bad
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -126,19 +127,30 @@ def test_a_given_offset_puts_the_camera_on_the_common_timeline():
 
 def test_an_offset_is_estimated_from_landmark_photos_matching_a_phone_with_gps():
     india = timedelta(hours=5, minutes=30)
-    photos = [  # the phone at the Taj at 10:00 and 10:20 India time; the Canon reads UTC+01:00
+    photos = [  # the phone at the Taj at 10:00 and 10:30 India time; the Canon reads UTC+01:00
         shot("p1", 60, cam=PHONE, gps=(27.1751, 78.0421), utc_offset=india),
-        shot("p2", 80, cam=PHONE, gps=(27.1751, 78.0421), utc_offset=india),
+        shot("p2", 90, cam=PHONE, gps=(27.1751, 78.0421), utc_offset=india),
         shot("c1", 60 - 270 + 2, landmark=TAJ),
-        shot("c2", 80 - 270 - 3, landmark=TAJ),
-        shot("c3", 80 - 270 + 1),  # no landmark: placed once the clock is known
+        shot("c2", 90 - 270 - 3, landmark=TAJ),
+        shot("c3", 90 - 270 + 1),  # no landmark: placed once the clock is known
     ]
     found = clocks.clocks_for(photos, [], TagConfig())
     assert abs(found[CANON].offset - timedelta(hours=1)) <= clocks.MATCH_TOLERANCE
-    assert "estimated from 2 photos" in found[CANON].source
-    assert trips.place_all(photos, [], TagConfig())["c3"].utc is not None
+    assert "estimated from 2 photos on 2 visits" in found[CANON].source
+    c3 = trips.place_all(photos, [], TagConfig())["c3"]
+    assert abs(c3.utc - (T0 + timedelta(minutes=90 - 270 + 1 - 60))) <= clocks.MATCH_TOLERANCE
     # one matching photo is not enough
     assert CANON not in clocks.clocks_for(photos[:3] + photos[4:], [], TagConfig())
+
+
+def test_a_burst_matched_to_one_phone_photo_is_one_visit_not_enough():
+    india = timedelta(hours=5, minutes=30)
+    photos = [  # the phone at the Taj the day before; a two-photo burst of the Canon there
+        shot("p", 0, cam=PHONE, gps=(27.1751, 78.0421), utc_offset=india),
+        shot("c1", 18 * 60, landmark=TAJ),
+        shot("c2", 18 * 60 + 1, landmark=TAJ),
+    ]
+    assert CANON not in clocks.clocks_for(photos, [], TagConfig())
 
 
 def write_track(path: Path, start: datetime, points: int, step_s=60, zone="Z", lat=27.17):
@@ -257,11 +269,11 @@ def test_an_ambiguous_clock_offset_is_not_estimated():
     at_taj = (27.1751, 78.0421)
     photos = [  # the phone at the Taj at sunrise and at sunset; two Canon photos fit either
         shot("dawn1", 0, cam=PHONE, gps=at_taj, utc_offset=india),
-        shot("dawn2", 4, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("dawn2", 30, cam=PHONE, gps=at_taj, utc_offset=india),
         shot("dusk1", 600, cam=PHONE, gps=at_taj, utc_offset=india),
-        shot("dusk2", 604, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("dusk2", 630, cam=PHONE, gps=at_taj, utc_offset=india),
         shot("c1", 300, landmark=TAJ),
-        shot("c2", 304, landmark=TAJ),
+        shot("c2", 330, landmark=TAJ),
     ]
     assert CANON not in clocks.clocks_for(photos, [], TagConfig())
     assert CANON in clocks.clocks_for(photos[:2] + photos[4:], [], TagConfig())
@@ -315,3 +327,44 @@ def test_a_track_outranks_a_landmark_it_was_nowhere_near(tmp_path):
         and "recognised Qutub Minar, but the track" in placed["q"].demoted
     )
     assert placed["t"].source == "landmark"
+
+
+def test_a_camera_whose_clock_is_known_pins_the_clock_of_another():
+    india, fuji = timedelta(hours=5, minutes=30), "FUJIFILM X-T4"
+    at_taj = (27.1751, 78.0421)
+    photos = [  # 10:00 India time: the phone, and the Canon (UTC+01:00) at the Taj
+        shot("p1", 60, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("p2", 95, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("c1", 60 - 270, landmark=TAJ),
+        shot("c2", 95 - 270, landmark=TAJ),
+        # from 12:00 India time at the Qutub: the Canon and the Fujifilm (India time + 7 min)
+        shot("c3", 180 - 270, landmark=QUTUB),
+        shot("c4", 215 - 270, landmark=QUTUB),
+        shot("f1", 180 + 7 + 1, cam=fuji, landmark=QUTUB),
+        shot("f2", 215 + 7 - 1, cam=fuji, landmark=QUTUB),
+    ]
+    found = clocks.clocks_for(photos, [], TagConfig())
+    assert abs(found[CANON].offset - timedelta(hours=1)) <= clocks.MATCH_TOLERANCE
+    assert abs(found[fuji].offset - timedelta(hours=5, minutes=37)) <= clocks.MATCH_TOLERANCE
+    assert clocks.clocks_for(photos[4:], [], TagConfig()) == {}  # nothing pins either alone
+
+
+def test_a_moving_track_places_nothing_on_an_estimated_clock(tmp_path):
+    india = timedelta(hours=5, minutes=30)
+    at_taj = (27.1751, 78.0421)
+    photos = [  # the Canon's clock (UTC+01:00) estimated from two visits with the phone
+        shot("p1", 60, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("p2", 95, cam=PHONE, gps=at_taj, utc_offset=india),
+        shot("c1", 60 - 270, landmark=TAJ),
+        shot("c2", 95 - 270, landmark=TAJ),
+        shot("train", 200 - 270),  # 12:20 India time, on a train doing 47 km/h
+    ]
+    start = datetime(2026, 3, 2, 6, 30)  # UTC: 12:00 India time
+    moving = gpx.read_tracks([write_track(tmp_path / "t.gpx", start, 60, step_s=60)])
+    moving[0] = dataclasses.replace(
+        moving[0],
+        latitudes=tuple(27.2 + i * 0.009 for i in range(60)),  # 1 km a minute
+    )
+    assert place(photos, moving)["train"].source is None
+    given = place(photos, moving, time_offset=("Canon EOS R6=+01:00",))["train"]
+    assert given.source == "gpx"  # a given clock is trusted to the second

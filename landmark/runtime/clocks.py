@@ -18,6 +18,7 @@ from landmark.runtime.camera import parse_offset
 log = logging.getLogger(__name__)
 MATCH_TOLERANCE = timedelta(minutes=10)  # a companion's photo of the same landmark, at most
 MIN_PAIRS = 2  # camera photos that must agree on an estimated clock offset
+MIN_VISITS = 2  # ... matched on this many separate visits
 MAX_OFFSET = timedelta(hours=26)
 
 
@@ -105,12 +106,14 @@ def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
     whole camera wrongly). A track near a place for longer than `4 * MATCH_TOLERANCE` does not
     pin a time there, so it is not used for that photo."""
     events: list[tuple[float, int]] = []
+    matches: dict[str, list[datetime]] = {}  # the reference times at each landmark, once
     for photo in own:
         lm, local = photo.landmark, photo.facts.local
-        times = [t for t, ref in references if _near(_position(ref), lm, agree_km)]
-        spans = _spans(times, local)
-        track = _spans(gpx.times_near(tracks, lm.latitude, lm.longitude, agree_km), local)
-        spans = _merged(spans + [s for s in track if s[1] - s[0] <= 6 * MATCH_TOLERANCE])
+        if lm.name not in matches:
+            near = [t for t, ref in references if _near(_position(ref), lm, agree_km)]
+            passing = gpx.times_near(tracks, lm.latitude, lm.longitude, agree_km)
+            matches[lm.name] = sorted(near + _short_passes(passing))
+        spans = _spans(matches[lm.name], local)
         for start, end in spans:
             events += [(start.total_seconds(), 1), (end.total_seconds(), -1)]
     stretches, count, previous = [], 0, None  # (start, end, photos agreeing)
@@ -129,7 +132,41 @@ def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
     start, end, _ = max((s for s in stretches if s[2] == best), key=lambda s: s[1] - s[0])
     # the references' UTC minus the camera's reading is minus the clock's UTC offset
     offset = -timedelta(seconds=round((start + end) / 2))
-    return Clock(offset, f"estimated from {best} photos", best)
+    visits = _visits(own, matches, offset)
+    if visits < MIN_VISITS:
+        log.info("clock offset rests on %d visit(s), not %d: not estimated", visits, MIN_VISITS)
+        return None
+    return Clock(offset, f"estimated from {best} photos on {visits} visits", best)
+
+
+def _short_passes(times: list[datetime]) -> list[datetime]:
+    """The times of the track's passes by a place that last at most `4 * MATCH_TOLERANCE`
+    (a track that stays near a place for hours pins no time there)."""
+    passes: list[list[datetime]] = []
+    for t in sorted(times):
+        if passes and t - passes[-1][-1] <= 2 * MATCH_TOLERANCE:
+            passes[-1].append(t)
+        else:
+            passes.append([t])
+    return [t for p in passes if p[-1] - p[0] <= 4 * MATCH_TOLERANCE for t in p]
+
+
+def _visits(own, matches: dict[str, list[datetime]], offset: timedelta) -> int:
+    """How many separate visits (reference times more than two tolerances apart) the matches
+    at `offset` come from: a burst of photos matched to one phone photo is one piece of
+    evidence, however many photos it has."""
+    matched = sorted(
+        t
+        for photo in own
+        for t in matches[photo.landmark.name]
+        if abs(photo.facts.local - offset - t) <= MATCH_TOLERANCE
+    )
+    visits, last = 0, None
+    for t in matched:
+        if last is None or t - last > 2 * MATCH_TOLERANCE:
+            visits += 1
+        last = t
+    return visits
 
 
 def _aligned(photos, camera: str, clock: Clock) -> list[tuple[datetime, object]]:

@@ -88,7 +88,8 @@ def read_decisions(plan: Path, plan_sha256: str) -> dict[str, dict[str, Any]]:
     for photo, decision in decisions.items() if isinstance(decisions, dict) else [(None, None)]:
         valid = isinstance(decision, dict) and isinstance(decision.get("accept"), bool)
         place = decision.get("place") if valid else None
-        if not valid or not (place is None or (isinstance(place, int) and place >= 0)):
+        whole = isinstance(place, int) and not isinstance(place, bool) and place >= 0
+        if not valid or not (place is None or whole):
             raise PlanError(f"{path}: the decision for {photo} is not "
                             '{"accept": true|false, "place": null|N}: review again')  # fmt: skip
     return decisions
@@ -226,9 +227,10 @@ def _order(item) -> tuple:
 
 
 def applied_report(plan: Path, cfg: TagConfig) -> Path:
-    """Where `--apply` reports: `--report`, unless that is the plan itself."""
+    """Where `--apply` reports: `PLAN-stem.applied.jsonl` next to the plan, unless another
+    `--report` than the default is given (the plan itself never)."""
     report = Path(cfg.report)
-    if report.resolve() == plan.resolve():
+    if cfg.report == TagConfig().report or report.resolve() == plan.resolve():
         return plan.with_name(plan.stem + ".applied.jsonl")
     return report
 

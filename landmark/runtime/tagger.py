@@ -90,16 +90,16 @@ class Tagger:
             return Triage({**row, "status": "error", "error": f"cannot write: {problem}"})
         ours = attributes is not None and attributes.get(MODEL_ATTRIBUTE) == self.model_id
         answer = self._answer_from(attributes) if ours else None
-        if ours and answer is None:
+        if ours and answer is None:  # placed by a track or by time: its own evidence may anchor
+            self._observe(photo, _bytes_or_nothing(photo), None)
             return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
-        # A tagged photo's bytes are read only when its GPS copy is to be checked.
-        needs_bytes = answer is None or self._gps_copy_wanted(None, answer)
-        try:
-            data = images.read_photo(photo) if needs_bytes else None
+        try:  # a tagged photo is read for its trip: its time, its GPS, and what a plan checks
+            data = images.read_photo(photo)
         except images.BadImageError as e:  # vanished, no permission, a FIFO, too large, ...
             return Triage({**row, "status": "error", "error": str(e)})
         if answer is not None:  # tagged by an earlier run: still an anchor for its trip
-            self._observe(photo, data or _bytes_or_nothing(photo), None, answer)
+            self.identities[photo] = files.identity(photo, data)
+            self._observe(photo, data, images.gps_coordinates(data), answer)
             if not self._missing(photo, data, answer):
                 return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
             return Triage(data=data, answer=answer)
@@ -166,7 +166,8 @@ class Tagger:
             self._recognised(photo, answer)
         observed = self.observations.get(photo)
         in_a_trip = observed is not None and observed.facts.local is not None
-        if not answer["known"] or self.cfg.plan or (in_a_trip and self.cfg.time_window > 0):
+        trips_matter = self.cfg.time_window > 0 or bool(self.tracks)
+        if not answer["known"] or self.cfg.plan or (in_a_trip and trips_matter):
             self.waiting.append((photo, answer))  # its trip decides: `place_rest`
             return row
         return self._write_outputs(photo, data, answer, {**row, "source": "landmark"})
@@ -207,10 +208,15 @@ class Tagger:
         if not self.waiting:
             return
         photos = list(self.observations.values())
-        placements = trips.place_all(photos, self.tracks, self.cfg, self.landmarks())
+        try:
+            placements = trips.place_all(photos, self.tracks, self.cfg, self.landmarks())
+            fallback = trips.Placement()
+        except Exception as e:  # a bug must not cost the report lines of every waiting photo
+            log.exception("placing the trips failed: every waiting photo gets only its own")
+            placements, fallback = {}, trips.Placement(reason=f"placing failed: {e}")
         for photo, answer in self.waiting:
             with one_line_at_most(self, photo):
-                self._record_placed(photo, answer, placements.get(str(photo), trips.Placement()))
+                self._record_placed(photo, answer, placements.get(str(photo), fallback))
         self.waiting = []
 
     def landmarks(self) -> list[trips.Place]:

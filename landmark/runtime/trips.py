@@ -107,11 +107,11 @@ def place_all(
     window = timedelta(minutes=cfg.time_window)
     for timeline in timelines.values() if cfg.time_window > 0 else ():
         _demote_implausible(timeline, placements, window, cfg.agree_km)
+        times = [t for t, _ in timeline]
         for when, photo in timeline:
             if placements[photo.path].source is None:
-                _time_neighbour(
-                    when, photo, timeline, placements, window, cfg.agree_km, cfg.anchor_support
-                )
+                _time_neighbour(when, photo, timeline, times, placements, window, cfg.agree_km,
+                                cfg.anchor_support)  # fmt: skip
     return placements
 
 
@@ -195,6 +195,8 @@ def _own_evidence(photo, placed: Placement, tracks, cfg: TagConfig, landmarks) -
     fix = None
     if photo.gps is None and placed.utc is not None and tracks:
         fix = gpx.position_at(tracks, placed.utc, cfg.gpx_max_gap * 60, cfg.agree_km)
+        if fix is not None and placed.clock.startswith("estimated"):
+            fix = _steady(fix, tracks, placed.utc, cfg)
     if photo.gps is not None:
         placed.source, placed.place = "exif", _named(*photo.gps, landmarks, cfg.agree_km)
     elif photo.landmark is not None and (fix is None or _agrees(photo.landmark, fix, cfg.agree_km)):
@@ -209,6 +211,17 @@ def _own_evidence(photo, placed: Placement, tracks, cfg: TagConfig, landmarks) -
         placed.gpx_file, placed.gpx_gap_s = fix.file, fix.gap_s
     if placed.source is not None:
         placed.reason = ""
+
+
+def _steady(fix: gpx.Fix, tracks, utc: datetime, cfg: TagConfig) -> gpx.Fix | None:
+    """`fix` if the track was within `agree_km` of it over the estimated clock's uncertainty
+    (`MATCH_TOLERANCE` either side), else None: on a moving track a clock a few minutes off
+    is a place kilometres off."""
+    for shift in (-clocks.MATCH_TOLERANCE, clocks.MATCH_TOLERANCE):
+        other = gpx.position_at(tracks, utc + shift, cfg.gpx_max_gap * 60, cfg.agree_km)
+        if other is None or not _agrees(fix, other, cfg.agree_km):
+            return None
+    return fix
 
 
 def _named(lat, lon, landmarks, agree_km: float, confidence: float = 1.0) -> Place:
@@ -235,15 +248,13 @@ def _name_trips(timelines, placements, gap: timedelta) -> None:
             placements[path].trip = f"trip {number} · {when:%Y-%m-%d}"
 
 
-def _time_neighbour(when, photo, timeline, placements, window, agree_km, anchor_support) -> None:
-    """Place `photo` from the nearest anchors before and after it (same timeline and trip)."""
+def _time_neighbour(when, photo, timeline, times, placements, window, agree_km, support) -> None:
+    """Place `photo` from the nearest anchors before and after it (same timeline and trip);
+    `times` are the timeline's, in order."""
     placed = placements[photo.path]
-    times = [t for t, _ in timeline]
     anchors = []
     for side in (-1, 1):
-        nearest = _nearest_anchor(
-            when, photo, timeline, times, placements, window, side, anchor_support
-        )
+        nearest = _nearest_anchor(when, photo, timeline, times, placements, window, side, support)
         anchors += nearest
     if not anchors:
         placed.reason = placed.reason or f"no placed photo within {_minutes(window)} on its trip"
