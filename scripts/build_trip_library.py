@@ -8,9 +8,10 @@ A traveller in India (UTC+05:30) visits one known landmark per trip, one or two 
 2026-03-02, shooting bursts with a Canon (clock on home time, UTC+01:00), in some trips a Fujifilm
 (India time, 7 minutes fast) and in some a phone (right clock, GPS). Landmark shots are test photos
 of the trip's class; fillers (the café next door) are test photos of held-out classes, which a
-proxy trained on `known/` never saw. Writes `known/` (links to the original class folders),
-`library/YYYY-MM-DD/` (JPEG copies, only their EXIF changed), `truth.csv`, `tracks/trip-NN.gpx`
-and `manifest.json`; the data set itself is only read.
+proxy trained on `known/` never saw (each held-out class stands 5 km or more from every other
+class, so its photos are not of a known place). Writes `known/` (links to the original class
+folders), `library/YYYY-MM-DD/` (JPEG copies, only their EXIF changed), `truth.csv`,
+`tracks/trip-NN.gpx` and `manifest.json`; the data set itself is only read.
 """
 
 from __future__ import annotations

@@ -368,3 +368,15 @@ def test_a_moving_track_places_nothing_on_an_estimated_clock(tmp_path):
     assert place(photos, moving)["train"].source is None
     given = place(photos, moving, time_offset=("Canon EOS R6=+01:00",))["train"]
     assert given.source == "gpx"  # a given clock is trusted to the second
+
+
+def test_interpolation_takes_the_short_way_across_the_180th_meridian(tmp_path):
+    start = datetime(2026, 3, 2, 4, 0)
+    track = tmp_path / "fiji.gpx"
+    track.write_text(
+        '<gpx><trk><trkseg><trkpt lat="-17.0" lon="179.998"><time>2026-03-02T04:00:00Z</time>'
+        '</trkpt><trkpt lat="-17.0" lon="-179.998"><time>2026-03-02T04:02:00Z</time></trkpt>'
+        "</trkseg></trk></gpx>"
+    )
+    fix = gpx.position_at(gpx.read_tracks([track]), start + timedelta(minutes=1), 1800, 1.0)
+    assert abs(abs(fix.longitude) - 180) < 1e-6  # on the meridian, not near 0

@@ -154,7 +154,9 @@ def _fix(seg: Segment, utc: datetime, max_gap_s: float, max_km: float) -> Fix | 
     if gap > max_gap_s or distance_km(lat0, lon0, lat1, lon1) > max_km:
         return None
     share = (utc - before).total_seconds() / gap
-    return Fix(lat0 + share * (lat1 - lat0), lon0 + share * (lon1 - lon0), seg.file, gap)
+    step = (lon1 - lon0 + 180) % 360 - 180  # the short way, also across the 180th meridian
+    lon = (lon0 + share * step + 180) % 360 - 180
+    return Fix(lat0 + share * (lat1 - lat0), lon, seg.file, gap)
 
 
 def times_near(segments: list[Segment], latitude: float, longitude: float, km: float):
