@@ -35,6 +35,7 @@ class Facts:
     local: datetime | None = None
     utc: datetime | None = None
     time_problem: str = ""
+    gps: tuple[float, float] | None = None  # the photo's own EXIF GPS (latitude, longitude)
 
 
 def parse_offset(text: str) -> timedelta:
@@ -50,7 +51,7 @@ def parse_offset(text: str) -> timedelta:
 
 
 def read_facts(data: bytes, now: datetime | None = None) -> Facts:
-    """The camera and times in a photo's EXIF (never decodes pixels)."""
+    """The camera, times and GPS in a photo's EXIF, parsed once (never decodes pixels)."""
     try:
         exif = Image.Exif()
         exif.load(Image.open(io.BytesIO(data)).info.get("exif", b""))
@@ -59,23 +60,28 @@ def read_facts(data: bytes, now: datetime | None = None) -> Facts:
     except Exception:  # no EXIF or unreadable EXIF: nothing known
         return Facts(time_problem="no EXIF time (DateTimeOriginal)")
     camera = camera_name(exif.get(MAKE), exif.get(MODEL), sub.get(BODY_SERIAL_NUMBER))
+    local, utc, problem = _times(sub, gps, now or datetime.now(UTC).replace(tzinfo=None))
+    return Facts(camera, local, utc, problem, images.gps_of(gps))
+
+
+def _times(sub, gps, now: datetime) -> tuple[datetime | None, datetime | None, str]:
+    """(camera time, UTC time if known, why there is no usable time)."""
     raw = sub.get(DATETIME_ORIGINAL)
     if raw is None:
-        return Facts(camera, time_problem="no EXIF time (DateTimeOriginal)")
+        return None, None, "no EXIF time (DateTimeOriginal)"
     try:
         local = _exif_time(str(raw), sub.get(SUBSEC_TIME_ORIGINAL))
     except ValueError:
-        return Facts(camera, time_problem=f"DateTimeOriginal {str(raw)[:40]!r} is not a time")
-    problem = _implausible(local, now or datetime.now(UTC).replace(tzinfo=None))
+        return None, None, f"DateTimeOriginal {str(raw)[:40]!r} is not a time"
+    problem = _implausible(local, now)
     if problem:
-        return Facts(camera, time_problem=problem)
-    utc = None
+        return None, None, problem
     try:
         offset = sub.get(OFFSET_TIME_ORIGINAL)
         utc = local - parse_offset(str(offset)) if offset else _gps_utc(gps)
     except ValueError:  # a broken offset: the camera's clock offset then decides
         utc = None
-    return Facts(camera, local, utc)
+    return local, utc, ""
 
 
 def camera_name(make, model, serial=None) -> str:

@@ -125,7 +125,9 @@ def estimate_offset(own, references, tracks, agree_km: float) -> Clock | None:
     best = max((c for _, _, c in stretches), default=0)
     if best < MIN_PAIRS:
         return None
-    rivals = _regions([s for s in stretches if s[2] >= max(MIN_PAIRS, best - 1)])
+    level = max(MIN_PAIRS, best - 1)  # offsets less than two tolerances apart are one offset
+    close = 2 * MATCH_TOLERANCE.total_seconds()
+    rivals = _merged([(a, b) for a, b, c in stretches if c >= level], join=close)
     if len(rivals) > 1:
         log.info("clock offset ambiguous: %d offsets fit %d photos", len(rivals), best)
         return None
@@ -188,22 +190,11 @@ def _spans(times, local: datetime) -> list[list[timedelta]]:
     )
 
 
-def _regions(stretches) -> list[tuple[float, float]]:
-    """Stretches joined into regions: ones less than two tolerances apart are one offset."""
-    regions: list[list[float]] = []
-    join = 2 * MATCH_TOLERANCE.total_seconds()
-    for start, end, _ in sorted(stretches):
-        if regions and start <= regions[-1][1] + join:
-            regions[-1][1] = max(regions[-1][1], end)
-        else:
-            regions.append([start, end])
-    return [tuple(r) for r in regions]
-
-
-def _merged(spans) -> list[list[timedelta]]:
-    merged: list[list[timedelta]] = []
+def _merged(spans, join=timedelta(0)) -> list[list]:
+    """Overlapping spans (and ones less than `join` apart) joined, in order."""
+    merged: list[list] = []
     for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
+        if merged and start <= merged[-1][1] + join:
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])

@@ -227,8 +227,16 @@ def gps_coordinates(data: bytes) -> tuple[float, float] | None:
         exif = Image.Exif()
         exif.load(Image.open(io.BytesIO(data)).info["exif"])  # never decodes pixels, unlike
         gps = exif.get_ifd(GPS_IFD)  # getexif() of a PNG whose EXIF follows them
+    except Exception:  # no EXIF, no GPS block: no coordinates
+        return None
+    return gps_of(gps)
+
+
+def gps_of(gps: dict) -> tuple[float, float] | None:
+    """The (latitude, longitude) of an EXIF GPS IFD; None if absent or malformed."""
+    try:
         lat, lon = _degrees(gps[2], gps[1]), _degrees(gps[4], gps[3])
-    except Exception:  # no EXIF, no GPS block, malformed values: all mean "no coordinates"
+    except Exception:  # missing tags, malformed values: all mean "no coordinates"
         return None
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         return None

@@ -21,7 +21,6 @@ from landmark.config import TagConfig
 from landmark.runtime import files, images
 from landmark.runtime.tagger import Tagger, one_line_at_most
 
-REVIEWABLE = ("planned", "unsure")
 THUMBNAIL = 256
 
 
@@ -98,7 +97,7 @@ def read_decisions(plan: Path, plan_sha256: str) -> dict[str, dict[str, Any]]:
 class Review:
     """One plan under review: its rows, groups and decisions (what the page shows and saves)."""
 
-    def __init__(self, plan: Path, cfg: TagConfig = TagConfig()) -> None:
+    def __init__(self, plan: Path) -> None:
         self.plan = plan
         rows, self.sha256 = read_plan(plan)
         self.rows = reviewable(rows)

@@ -91,7 +91,7 @@ class Tagger:
         ours = attributes is not None and attributes.get(MODEL_ATTRIBUTE) == self.model_id
         answer = self._answer_from(attributes) if ours else None
         if ours and answer is None:  # placed by a track or by time: its own evidence may anchor
-            self._observe(photo, _bytes_or_nothing(photo), None)
+            self._observe(photo, _bytes_or_nothing(photo))
             return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
         try:  # a tagged photo is read for its trip: its time, its GPS, and what a plan checks
             data = images.read_photo(photo)
@@ -99,22 +99,24 @@ class Tagger:
             return Triage({**row, "status": "error", "error": str(e)})
         if answer is not None:  # tagged by an earlier run: still an anchor for its trip
             self.identities[photo] = files.identity(photo, data)
-            self._observe(photo, data, images.gps_coordinates(data), answer)
+            self._observe(photo, data, answer)
             if not self._missing(photo, data, answer):
                 return Triage({**row, "status": "skipped", "sidecar": str(sidecar)})
             return Triage(data=data, answer=answer)
-        gps = images.gps_coordinates(data)
         self.identities[photo] = files.identity(photo, data)
-        self._observe(photo, data, gps)  # its own GPS stays its evidence even when overwritten
+        gps = self._observe(photo, data).gps  # its own GPS stays its evidence when overwritten
         if gps and not self.cfg.overwrite_gps:
             return Triage({**row, "status": "has_gps", "source": "exif", "photo_gps": list(gps)})
         return Triage(data=data)
 
-    def _observe(self, photo: Path, data: bytes, gps, answer: dict[str, Any] | None = None):
-        """Remember what placing trips needs of `photo` (its camera, times, own evidence)."""
-        self.observations[photo] = trips.Observation(str(photo), camera.read_facts(data), gps)
+    def _observe(self, photo: Path, data: bytes, answer: dict[str, Any] | None = None):
+        """Remember what placing trips needs of `photo` (its camera, times, own evidence), read
+        from its EXIF once; its facts."""
+        facts = camera.read_facts(data)
+        self.observations[photo] = trips.Observation(str(photo), facts, facts.gps)
         if answer is not None:
             self._recognised(photo, answer)
+        return facts
 
     def _recognised(self, photo: Path, answer: dict[str, Any]) -> None:
         """A confident landmark makes `photo` an anchor of its trip (if it has a location)."""

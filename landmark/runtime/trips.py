@@ -121,12 +121,12 @@ def _demote_implausible(timeline, placements, window: timedelta, agree_km: float
     least as well supported (as many anchors within the window agree with it), or is the
     photo's or a track's own GPS. Decided for all at once, from the anchors as they were."""
     anchors = [(t, p.path) for t, p in timeline if placements[p.path].source in ANCHORS]
+    times = [t for t, _ in anchors]
     near: dict[str, list[tuple[float, str]]] = {}
-    for i, (t, path) in enumerate(anchors):
+    for t, path in anchors:
+        first, last = bisect.bisect_left(times, t - window), bisect.bisect_right(times, t + window)
         near[path] = [
-            ((u - t).total_seconds(), other)
-            for u, other in anchors[max(0, i - 200) : i + 200]
-            if abs(u - t) <= window and other != path
+            ((u - t).total_seconds(), other) for u, other in anchors[first:last] if other != path
         ]
     place = {path: placements[path].place for _, path in anchors}
     support = {
