@@ -1,6 +1,6 @@
 """Command-line shells: the entry points' flags and the `landmark` command (`landmark app`,
-`landmark tag`), all generated from the config dataclasses; and logging set-up. The library
-never parses sys.argv.
+`landmark tag`, `landmark team`), all generated from the config dataclasses; and logging set-up.
+The library never parses sys.argv.
 """
 
 from __future__ import annotations
@@ -9,7 +9,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from landmark.config import ENTRY_POINTS, AppConfig, TagConfig, add_arguments, from_args
+from landmark.config import (
+    ENTRY_POINTS,
+    AppConfig,
+    TagConfig,
+    TeamConfig,
+    UserConfig,
+    add_arguments,
+    from_args,
+)
+
+log = logging.getLogger("landmark")
 
 
 def parse_entry_point(name: str, argv: list[str] | None) -> tuple:
@@ -24,6 +34,20 @@ def parse_entry_point(name: str, argv: list[str] | None) -> tuple:
         add_arguments(parser, cls)
     namespace = parser.parse_args(argv)
     return tuple(_build(parser, cls, namespace) for cls in classes)
+
+
+def run_entry_point(name: str, step, argv: list[str] | None) -> None:
+    """Parse `argv` for entry point `name` and run `step` on its configs. A login or permission
+    the tracking server refused ends the program with the server's verdict (exit 1), not a
+    traceback: it is the user's to fix, not a bug."""
+    from landmark import tracking
+
+    setup_logging()
+    configs = parse_entry_point(name, argv)
+    try:
+        step(*configs)
+    except tracking.AccessError as e:
+        raise SystemExit(f"{name}: error: {e}") from None
 
 
 def _build(parser: argparse.ArgumentParser, cls: type, namespace: argparse.Namespace):
@@ -48,7 +72,23 @@ def main(argv: list[str] | None = None) -> None:
     tag = commands.add_parser("tag", help="tag photo folders: XMP sidecars, report, folders")
     tag.add_argument("paths", nargs="*", type=Path, help="photo files or folders (recursive)")
     add_arguments(tag, TagConfig, switches=True)
+    team = commands.add_parser("team", help="the team stack: tracking server, database, ...")
+    actions = team.add_subparsers(dest="action", required=True)
+    team_parsers = {
+        "up": actions.add_parser("up", help="start the stack (reusing its data)"),
+        "down": actions.add_parser("down", help="stop the stack (its data stays)"),
+        "status": actions.add_parser("status", help="where the stack listens, what runs"),
+        "user": actions.add_parser("user", help="add a teammate (or change their permission)"),
+    }
+    team_parsers["user"].add_argument("username")
+    add_arguments(team_parsers["user"], UserConfig)
+    for sub in team_parsers.values():
+        add_arguments(sub, TeamConfig)
     args = parser.parse_args(argv)
+    if args.command == "team":
+        setup_logging()
+        _team(team_parsers[args.action], args)
+        return
     command = app if args.command == "app" else tag
     cfg = _build(command, AppConfig if args.command == "app" else TagConfig, args)
     if args.command == "tag" and bool(args.paths) == bool(cfg.apply):
@@ -69,3 +109,22 @@ def main(argv: list[str] | None = None) -> None:
             web_app.run(cfg)
         except PlanError as e:
             command.exit(2, f"landmark app: error: {e}\n")
+
+
+def _team(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from landmark import team
+
+    cfg = _build(parser, TeamConfig, args)
+    try:
+        if args.action == "up":
+            log.info("%s", team.summary(team.up(cfg)))
+        elif args.action == "down":
+            stopped = team.down(cfg.dir)
+            log.info("Stopped: %s (data stays in %s)", ", ".join(stopped) or "nothing", cfg.dir)
+        elif args.action == "status":
+            log.info("%s", team.status(cfg.dir))
+        else:
+            path = team.add_user(cfg.dir, args.username, _build(parser, UserConfig, args))
+            log.info("User %s: password in %s (readable by you only)", args.username, path)
+    except team.TeamError as e:
+        parser.exit(1, f"landmark team {args.action}: error: {e}\n")

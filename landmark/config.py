@@ -306,7 +306,16 @@ class TuneConfig(Validated):
         choices=("halving", "hyperband", "median", "none"),
     )  # fmt: skip
     study_name: str = _param("", "rerun with the same name to continue (default: derived)")
-    storage: str = _param("", "journal file or SQLAlchemy URL (default: next to the MLflow store)")
+    storage: str = _param(
+        "", "journal file or SQLAlchemy URL without its password (PGPASSWORD or ~/.pgpass "
+        "give it), e.g. postgresql://landmark@db-host:5432/optuna (default: a journal file "
+        "next to the MLflow store)",
+    )  # fmt: skip
+    heartbeat: float = _param(
+        60.0, "seconds between a running trial's heartbeats (database storage): a worker that "
+        "stops beating for 3 of them has its trial failed by the next worker that asks for one",
+        allowed=POSITIVE,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -428,6 +437,43 @@ class TagConfig(Validated):
         1, "a recognised landmark lends its place to photos around it only when this many "
         "anchors within the time window (itself included) agree with it", allowed=AT_LEAST_1,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TeamConfig(Validated):
+    """`landmark team up`: the team stack on one machine (PostgreSQL, an S3 object store, the
+    MLflow tracking server with logins, a Spark standalone cluster). Port 0: a free port (the
+    last one used if it is still free)."""
+
+    dir: str = _param(".team", "the stack's data folder: databases, objects, secrets, logs")
+    host: str = _param("127.0.0.1", "address every service listens on")
+    tracking_port: int = _param(0, "MLflow tracking server port", allowed=Range(0, 65535))
+    postgres_port: int = _param(0, "PostgreSQL port", allowed=Range(0, 65535))
+    s3_port: int = _param(0, "S3 port of the object store (SeaweedFS)", allowed=Range(0, 65535))
+    spark_port: int = _param(0, "Spark master port", allowed=Range(0, 65535))
+    spark_workers: int = _param(2, "Spark standalone workers (0: no Spark)", allowed=AT_LEAST_0)
+    spark_worker_memory: str = _param(
+        "2g", "memory of each Spark worker", pattern=(r"\d+[mg]", "a size like 512m or 2g")
+    )
+    server_workers: int = _param(2, "tracking server worker processes", allowed=AT_LEAST_1)
+    bucket: str = _param("landmark", "object store bucket of the artifacts")
+    default_permission: str = _param(
+        "READ", "what every user may do on experiments and models no one granted them",
+        choices=("READ", "NO_PERMISSIONS"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UserConfig(Validated):
+    """`landmark team user NAME`: a teammate's login and what they may do."""
+
+    permission: str = _param(
+        "EDIT", "on the experiment and the registered model: READ (browse, compare), EDIT "
+        "(log runs, register versions, move aliases) or MANAGE (also grant others)",
+        choices=("READ", "EDIT", "MANAGE"),
+    )  # fmt: skip
+    experiment: str = _param("landmark", "experiment the permission is on (created if missing)")
+    registered_model: str = _param(REGISTERED_MODEL, "registered model the permission is on")
 
 
 # Which config classes make up the parameters of each MLproject entry point.

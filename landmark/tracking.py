@@ -18,6 +18,7 @@ import datetime
 import getpass
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,6 +46,40 @@ MAX_PIXELS_ENV = "LANDMARK_MAX_REQUEST_PIXELS"  # ... and the most pixels decode
 log = logging.getLogger(__name__)
 
 
+class AccessError(RuntimeError):
+    """The tracking server refused the login (401) or the user lacks a permission (403)."""
+
+
+def user() -> str:
+    """Who the tracking server knows us as (MLFLOW_TRACKING_USERNAME), else the OS user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+@contextlib.contextmanager
+def needs(permission: str, resource: str) -> Iterator[None]:
+    """Turn the server's 401/403 inside the block into an `AccessError` that names the user,
+    the server and the permission the block needs (MLflow's own says neither)."""
+    try:
+        yield
+    except MlflowException as e:
+        code = str(e.error_code)
+        uri = mlflow.get_tracking_uri()
+        if code == "UNAUTHENTICATED":
+            who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            login = f"the login of user {who!r} (wrong password?)" if who else "no login"
+            raise AccessError(
+                f"{uri} refused {login} (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to your account on the tracking server"
+            ) from e
+        if code == "PERMISSION_DENIED":
+            raise AccessError(
+                f"user {user()!r} lacks {permission} permission on {resource} at {uri} "
+                f"(HTTP 403): ask an admin to grant it (`landmark team user {user()} "
+                f"--permission {permission}`)"
+            ) from e
+        raise
+
+
 @contextlib.contextmanager
 def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """Start (or, under `mlflow run`, resume) a run; nested when another run is active.
@@ -53,7 +88,10 @@ def start_run(name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
         the run id.
     """
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=name, nested=nested, tags=tags) as run:
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "the experiment"
+    with needs("EDIT", f"experiment {experiment!r}"):
+        run_context = mlflow.start_run(run_name=name, nested=nested, tags=tags)
+    with run_context as run:
         mlflow.set_tag("landmark.step", name)
         if not nested:
             mark_experiment_for_model_training(run.info.experiment_id)
@@ -82,14 +120,33 @@ def mark_experiment_for_model_training(experiment_id: str) -> None:
             raise
 
 
-def log_params(params: dict[str, Any]) -> None:
-    """Log params, leaving out those the run already has.
+_URL_PASSWORD = re.compile(r"(?P<user>://[^/@:\s]*):[^/@\s]*@")
 
-    `mlflow run` logs the `-P` values itself (an empty string as `''`); logging them again
-    with another spelling would be refused as a change.
+
+def has_password(text: str) -> bool:
+    return bool(_URL_PASSWORD.search(text))
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(r"\g<user>:***@", text)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """End another process's run (e.g. a killed tuning worker's trial) with `status`."""
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params, leaving out those the run already has; a URL's password is masked.
+
+    `mlflow run` logs the `-P` values itself (an empty string as `''`, a password too: pass
+    it in the environment, never in `-P`); logging them again with another spelling would be
+    refused as a change.
     """
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    masked = {k: mask_passwords(v) if isinstance(v, str) else v for k, v in params.items()}
+    mlflow.log_params({k: v for k, v in masked.items() if k not in existing})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -306,7 +363,7 @@ def set_tags(tags: dict[str, str]) -> None:
 def register_model(model_uri: str, metadata: ModelMetadata, name: str = REGISTERED_MODEL) -> str:
     """Make the logged model a new version of the registered model `name`, tagged with what
     promotion compares (architecture, data set, run, test metrics); return the version."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), needs("EDIT", f"registered model {name!r}"):
         warnings.simplefilter("ignore", FutureWarning)
         version = mlflow.register_model(model_uri, name).version
     tags = {
@@ -355,11 +412,12 @@ def make_champion(version: str, reason: str, name: str = REGISTERED_MODEL) -> No
     client = mlflow.MlflowClient()
     aliases = client.get_registered_model(name).aliases
     old = aliases.get(CHAMPION)
-    set_alias(CHAMPION, version, name)
+    with needs("EDIT", f"registered model {name!r}"):
+        set_alias(CHAMPION, version, name)
     if old is not None and str(old) != str(version):
         set_alias(PREVIOUS, str(old), name)
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    who = getpass.getuser()
+    who = user()
     record_on_version(
         version,
         {"promoted_at": when, "promoted_by": who, "promotion_reason": reason},
@@ -412,3 +470,57 @@ def spark_udf(spark: Any, model_uri: str, result_type: Any, params: dict[str, An
     return mlflow.pyfunc.spark_udf(
         spark, model_uri, result_type=result_type, env_manager="local", params=params
     )
+
+
+# --- Logins (the tracking server's basic-auth app) ------------------------------------------
+
+
+@contextlib.contextmanager
+def _login(username: str, password: str) -> Iterator[None]:
+    """MLflow's clients read their login from the environment on every request."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {key: os.environ.get(key) for key in keys}
+    os.environ.update(dict(zip(keys, (username, password), strict=True)))
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def add_user(
+    tracking_uri: str,
+    admin: tuple[str, str],
+    username: str,
+    password: str,
+    permission: str,
+    experiment: str,
+    model: str = REGISTERED_MODEL,
+) -> bool:
+    """As `admin` (name, password), create `username` unless it exists and give it
+    `permission` on `experiment` and the registered `model` (both created if missing).
+    Returns whether the user was created."""
+    from mlflow.server import get_app_client
+
+    with _login(*admin):
+        auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
+        client = mlflow.MlflowClient(tracking_uri)
+        created = True
+        try:
+            auth.create_user(username, password)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+            created = False
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        try:
+            client.get_registered_model(model)
+        except MlflowException:
+            client.create_registered_model(model)
+        auth.grant_user_permission(username, "experiment", experiment_id, permission)
+        auth.grant_user_permission(username, "registered_model", model, permission)
+    return created

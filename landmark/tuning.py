@@ -31,30 +31,14 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from landmark import config, data, plots, search, selection, tracking, training
+from landmark import config, data, plots, search, selection, studies, tracking, training
 from landmark.config import TrainConfig, TuneConfig
 
 log = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+FINISHED = studies.FINISHED
 
 
-def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
-    """`cfg.storage` as an Optuna storage: an SQLAlchemy URL, a journal file path, or by
-    default the journal file `optuna.journal` next to the MLflow store."""
-    if "://" in cfg.storage:
-        return optuna.storages.RDBStorage(cfg.storage, heartbeat_interval=60, grace_period=180)
-    default = tracking.store_dir() / "optuna.journal"
-    path = Path(cfg.storage).expanduser() if cfg.storage else default
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The open-lock variant works on every file system (the symlink lock does not on some).
-    lock = optuna.storages.journal.JournalFileOpenLock(str(path))
-    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock)
-    return optuna.storages.JournalStorage(backend)
-
-
-# report(step, value): tell Optuna a trial's validation accuracy after `step` epochs or folds;
-# raises optuna.TrialPruned when the trial should stop.
 Report = Callable[[int, float], None]
 # train(params, report, trial) -> the trial's score; params are the trial's choices.
 TrainFn = Callable[[dict[str, Any], Report, optuna.Trial], selection.Score]
@@ -80,33 +64,43 @@ def tune(
     raises is recorded as failed and the study goes on.
     """
     study = optuna.create_study(
-        storage=storage_for(cfg),
+        storage=studies.storage_for(cfg),
         study_name=study_name,
         direction="maximize",
         pruner=pruner,
         load_if_exists=True,
     )
-    _fail_orphans(study)
+    if not studies.heartbeat(study):  # a journal: trials of dead processes on this machine
+        studies.fail_orphans(study)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     # Seeded per run, so a resumed study does not replay the random start-up trials it has,
     # and a worker joining a busy study does not repeat another worker's choices.
+    # Workers starting together on a database (running 0 for each) differ by their process.
+    worker = os.getpid() if studies.heartbeat(study) else 0
     study.sampler = optuna.samplers.TPESampler(
-        seed=seed + done + 7919 * running, n_startup_trials=5, constant_liar=True
-    )
+        seed=(seed + done + 7919 * running + worker) % 2**32, n_startup_trials=5,
+        constant_liar=True,
+    )  # fmt: skip
     if defaults:  # also into a continued study; never twice
         study.enqueue_trial(defaults, skip_if_exists=True)
-    remaining = cfg.n_trials - done
-    log.info("Study %s: %d finished trials, %d to go", study_name, done, max(remaining, 0))
-    if remaining > 0:
-        deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
-        study.optimize(
-            _objective(study_name, space, train, defaults, deadline),
-            timeout=cfg.timeout or None,
-            catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(cfg.n_trials, states=FINISHED)],
-            gc_after_trial=True,
-        )
+    remaining = cfg.n_trials - done - running
+    log.info("Study %s: %d finished trials, %d running elsewhere, %d to go",
+             study_name, done, running, max(remaining, 0))  # fmt: skip
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout else math.inf
+    objective = _objective(study_name, space, train, defaults, deadline)
+    # One trial at a time, counting the other workers' first, under a lock held until this
+    # worker's trial exists: `n_trials` is the study's total however many workers share it.
+    with studies.AskLock(cfg, study_name) as lock:
+        while True:
+            lock.acquire()
+            studies.fail_stale(study)
+            if studies.taken(study) >= cfg.n_trials or time.monotonic() >= deadline:
+                break
+            study.optimize(
+                lambda trial: lock.release() or objective(trial),
+                n_trials=1, catch=(Exception,), gc_after_trial=True,
+            )  # fmt: skip
     return study
 
 
@@ -286,7 +280,8 @@ def _objective(study_name, space, train: TrainFn, defaults, deadline: float):
         trial.set_user_attr(selection.DEFAULTS, is_defaults)
         pruned = None
         tags = {"optuna.study": study_name, "optuna.trial": str(trial.number)}
-        with tracking.start_run(f"trial {trial.number}", tags=tags):
+        with tracking.start_run(f"trial {trial.number}", tags=tags) as run_id:
+            trial.set_user_attr(studies.MLFLOW_RUN, run_id)
             tracking.log_params(params)
             try:
                 score = train(params, _reporter(trial, deadline, is_defaults), trial)
@@ -318,26 +313,6 @@ def _reporter(trial: optuna.Trial, deadline: float, is_defaults: bool) -> Report
             raise optuna.TrialPruned(f"trial {trial.number} stopped: the study's time is up")
 
     return report
-
-
-def _fail_orphans(study: optuna.Study) -> None:
-    """Mark trials left RUNNING by a killed process on this machine as failed."""
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") == host and pid is not None and not _alive(pid):
-            log.warning("Trial %d was left running by process %d: marked failed", trial.number, pid)
-            study.tell(trial.number, state=TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def log_study(study: optuna.Study) -> selection.Selection:

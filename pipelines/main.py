@@ -6,8 +6,7 @@ from landmark import cli, steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.setup_logging()
-    steps.main(*cli.parse_entry_point("main", argv))
+    cli.run_entry_point("main", steps.main, argv)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,7 @@ from landmark import cli, steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.setup_logging()
-    (data_cfg,) = cli.parse_entry_point("prepare", argv)
-    steps.prepare(data_cfg)
+    cli.run_entry_point("prepare", steps.prepare, argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from landmark import cli, steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.setup_logging()
-    steps.promote(*cli.parse_entry_point("promote", argv))
+    cli.run_entry_point("promote", steps.promote, argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ from landmark import cli, steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.setup_logging()
-    steps.train_scratch(*cli.parse_entry_point("train_scratch", argv))
+    cli.run_entry_point("train_scratch", steps.train_scratch, argv)
 
 
 if __name__ == "__main__":

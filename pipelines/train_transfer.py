@@ -6,8 +6,7 @@ from landmark import cli, steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.setup_logging()
-    steps.train_transfer(*cli.parse_entry_point("train_transfer", argv))
+    cli.run_entry_point("train_transfer", steps.train_transfer, argv)
 
 
 if __name__ == "__main__":

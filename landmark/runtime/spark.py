@@ -133,7 +133,9 @@ def start_session(master: str, ui: bool = False) -> Any:
         .config("spark.ui.enabled", str(ui).lower())
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_ROWS))
     )
-    if _is_local(master):  # (check_ui: the UI only comes with a local master)
+    # A local master, or a cluster on this machine's loopback (the team stack): every
+    # executor is on this machine, so the driver need not listen on any other interface.
+    if _is_local(master) or _on_loopback(master):  # (check_ui: a UI only with a local one)
         os.environ["SPARK_LOCAL_IP"] = LOOPBACK  # read when this process starts its Spark JVM
         builder = builder.config("spark.driver.bindAddress", LOOPBACK)
         builder = builder.config("spark.driver.host", LOOPBACK)
@@ -162,6 +164,12 @@ def check_ui(master: str, ui: bool) -> None:
 
 def _is_local(master: str) -> bool:
     return master.split("[")[0] in {"local", "local-cluster"}
+
+
+def _on_loopback(master: str) -> bool:
+    """spark://127.0.0.1:7077 or spark://localhost:7077 (a standalone master here)."""
+    host = master.removeprefix("spark://").rsplit(":", 1)[0]
+    return master.startswith("spark://") and host in {LOOPBACK, "localhost"}
 
 
 def read_photos(paths: pd.Series) -> pd.DataFrame:

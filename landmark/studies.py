@@ -1,0 +1,163 @@
+"""Where Optuna studies live and how workers share them: the storage (a journal file, or a
+database for workers on several machines), the lock that keeps `n_trials` a study's total,
+and what happens to the trial of a worker that died (heartbeats on a database; on a journal,
+a process check on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from landmark import tracking
+from landmark.config import TuneConfig
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+MLFLOW_RUN = "mlflow_run_id"  # user attribute: the trial's nested MLflow run
+
+
+def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
+    """`cfg.storage` as an Optuna storage: an SQLAlchemy URL, a journal file path, or by
+    default the journal file `optuna.journal` next to the MLflow store.
+
+    A database is shared by workers on several machines: each running trial beats every
+    `cfg.heartbeat` seconds, and one silent for three beats (its worker was killed or lost)
+    is failed by the next worker that asks for a trial, its MLflow run with it. Connections
+    are checked before use, so a restarted database costs no trial.
+    """
+    if "://" in cfg.storage:
+        if tracking.has_password(cfg.storage):
+            log.warning("The storage URL holds a password: give it in PGPASSWORD or ~/.pgpass")
+        with warnings.catch_warnings():  # Optuna marks heartbeats experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _database(cfg)
+    path = _journal(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The open-lock variant works on every file system (the symlink lock does not on some).
+    lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock)
+    return optuna.storages.JournalStorage(backend)
+
+
+def _database(cfg: TuneConfig) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(
+        cfg.storage,
+        engine_kwargs={"pool_pre_ping": True},
+        heartbeat_interval=max(1, round(cfg.heartbeat)),
+        grace_period=max(3, round(3 * cfg.heartbeat)),
+        heartbeat_stale_trial_callback=_stale_trial_failed,
+    )
+
+
+def _journal(cfg: TuneConfig) -> Path:
+    default = tracking.store_dir() / "optuna.journal"
+    return Path(cfg.storage).expanduser() if cfg.storage else default
+
+
+# report(step, value): tell Optuna a trial's validation accuracy after `step` epochs or folds;
+# raises optuna.TrialPruned when the trial should stop.
+
+
+class AskLock:
+    """A lock over the study's workers, held from counting its trials until the next one is
+    asked: two workers never both take the last trial. A PostgreSQL advisory lock (its
+    connection's: a lost worker releases it), a file lock beside a journal, else none."""
+
+    def __init__(self, cfg: TuneConfig, study_name: str) -> None:
+        self.key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
+        self.url, self.held, self.connection, self.file = cfg.storage, False, None, None
+        if self.url.startswith(("postgresql://", "postgresql+")):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+            self.engine, self.sql = engine, sqlalchemy.text
+        elif "://" not in self.url:
+            path = _journal(cfg)
+            self.file = path.with_name(path.name + ".ask.lock")
+
+    def __enter__(self) -> AskLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if self.held:
+            return
+        if self.file is not None:
+            self.connection = open(self.file, "a")  # noqa: SIM115 - held across calls
+            fcntl.flock(self.connection, fcntl.LOCK_EX)
+        elif hasattr(self, "engine"):
+            self.connection = self.engine.connect()
+            self.connection.execute(self.sql("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        self.held = True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        with contextlib.suppress(Exception):  # a dropped connection released it already
+            if self.file is None and self.connection is not None:
+                self.connection.execute(self.sql("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.close()
+            self.connection = None
+
+
+def heartbeat(study: optuna.Study) -> bool:
+    interval = getattr(study._storage, "get_heartbeat_interval", None)  # databases have it
+    return interval is not None and interval() is not None
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose workers stopped beating (a database's heartbeats; else nothing)."""
+    if heartbeat(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def taken(study: optuna.Study) -> int:
+    """Trials finished or running (here or on another worker)."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+
+def _stale_trial_failed(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna failed `trial` of a worker that stopped beating: end its MLflow run too."""
+    run_id = trial.user_attrs.get(MLFLOW_RUN)
+    log.warning("Trial %d stopped beating (worker %s, pid %s): failed", trial.number,
+                trial.user_attrs.get("host"), trial.user_attrs.get("pid"))  # fmt: skip
+    if run_id:
+        tracking.end_run(run_id, "KILLED")
+
+
+def fail_orphans(study: optuna.Study) -> None:
+    """Mark trials left RUNNING by a killed process on this machine as failed."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") == host and pid is not None and not _alive(pid):
+            log.warning("Trial %d was left running by process %d: marked failed", trial.number, pid)
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
