@@ -38,15 +38,15 @@ def parse_entry_point(name: str, argv: list[str] | None) -> tuple:
 
 def run_entry_point(name: str, step, argv: list[str] | None) -> None:
     """Parse `argv` for entry point `name` and run `step` on its configs. A login or permission
-    the tracking server refused ends the program with the server's verdict (exit 1), not a
-    traceback: it is the user's to fix, not a bug."""
+    the tracking server refused, or a model's upload the artifact store cut short, ends the
+    program with one line saying so (exit 1), not a traceback: neither is a bug."""
     from landmark import tracking
 
     setup_logging()
     configs = parse_entry_point(name, argv)
     try:
         step(*configs)
-    except tracking.AccessError as e:
+    except (tracking.AccessError, tracking.UploadError) as e:
         raise SystemExit(f"{name}: error: {e}") from None
 
 

@@ -456,6 +456,10 @@ class TeamConfig(Validated):
         "2g", "memory of each Spark worker", pattern=(r"\d+[mg]", "a size like 512m or 2g")
     )
     server_workers: int = _param(2, "tracking server worker processes", allowed=AT_LEAST_1)
+    login_cache: int = _param(
+        60, "seconds the tracking server trusts a checked login (0: check every request; each "
+        "check is a deliberately slow password hash, ~0.25 s here)", allowed=AT_LEAST_0,
+    )  # fmt: skip
     bucket: str = _param("landmark", "object store bucket of the artifacts")
     default_permission: str = _param(
         "READ", "what every user may do on experiments and models no one granted them",

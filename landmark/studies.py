@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import os
 import socket
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from optuna.trial import TrialState
 
 from landmark import tracking
 from landmark.config import TuneConfig
+from landmark.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,42 @@ def storage_for(cfg: TuneConfig) -> optuna.storages.BaseStorage:
 
 
 def _database(cfg: TuneConfig) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(
-        cfg.storage,
-        engine_kwargs={"pool_pre_ping": True},
-        heartbeat_interval=max(1, round(cfg.heartbeat)),
-        grace_period=max(3, round(3 * cfg.heartbeat)),
-        heartbeat_stale_trial_callback=_stale_trial_failed,
-    )
+    # Workers starting at once on an empty database would all create Optuna's tables, and all
+    # but one fail (PostgreSQL: duplicate key ... pg_type): one at a time.
+    with _postgres_lock(cfg.storage, _key("optuna schema")):
+        return optuna.storages.RDBStorage(
+            cfg.storage,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=max(1, round(cfg.heartbeat)),
+            grace_period=max(3, round(3 * cfg.heartbeat)),
+            heartbeat_stale_trial_callback=_stale_trial_failed,
+        )
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgresql+"))
+
+
+def _key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def _postgres_lock(url: str, key: int):
+    """Hold PostgreSQL's advisory lock `key` on its own connection (no-op for other URLs)."""
+    if not _is_postgres(url):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
 def _journal(cfg: TuneConfig) -> Path:
@@ -75,9 +104,9 @@ class AskLock:
     connection's: a lost worker releases it), a file lock beside a journal, else none."""
 
     def __init__(self, cfg: TuneConfig, study_name: str) -> None:
-        self.key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big") >> 1
+        self.key = _key(study_name)
         self.url, self.held, self.connection, self.file = cfg.storage, False, None, None
-        if self.url.startswith(("postgresql://", "postgresql+")):
+        if _is_postgres(self.url):
             import sqlalchemy
 
             engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
@@ -148,16 +177,6 @@ def fail_orphans(study: optuna.Study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") == host and pid is not None and not _alive(pid):
+        if trial.user_attrs.get("host") == host and pid is not None and not alive(pid):
             log.warning("Trial %d was left running by process %d: marked failed", trial.number, pid)
             study.tell(trial.number, state=TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True

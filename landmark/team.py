@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from landmark.config import TeamConfig, UserConfig
+from landmark.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Stack:
 
     def running(self) -> dict[str, bool]:
         """Each recorded service: is its process still there?"""
-        return {name: _alive(pid) for name, pid in self.pids.items()}
+        return {name: alive(pid) for name, pid in self.pids.items()}
 
 
 def up(cfg: TeamConfig) -> Stack:
@@ -99,12 +100,12 @@ def up(cfg: TeamConfig) -> Stack:
     folder = Path(cfg.dir).expanduser().resolve()
     old = Stack.load(folder)
     if old and old.pids:
-        alive = old.running()
-        if all(alive.values()):
+        states = old.running()
+        if all(states.values()):
             log.info("The team stack in %s is already running", folder)
             return old
         raise TeamError(
-            f"the stack in {folder} is partly running ({_describe(alive)}): "
+            f"the stack in {folder} is partly running ({_describe(states)}): "
             f"run `landmark team down --dir {cfg.dir}` first"
         )
     _check_tools(cfg)
@@ -137,7 +138,7 @@ def down(folder: str | Path) -> list[str]:
     stopped = []
     for name in reversed(list(stack.pids)):
         pid = stack.pids[name]
-        if name == "postgres" and _alive(pid):  # its own shutdown: checkpoint, then exit
+        if name == "postgres" and alive(pid):  # its own shutdown: checkpoint, then exit
             _pg(
                 stack, "pg_ctl", "-D", str(_pg_data(stack)), "-m", "fast", "-w", "stop", check=False
             )
@@ -154,8 +155,8 @@ def status(folder: str | Path) -> str:
     stack = Stack.load(folder)
     if stack is None or not stack.pids:
         return f"No team stack runs from {Path(folder).expanduser().resolve()}"
-    alive = stack.running()
-    return summary(stack) if all(alive.values()) else f"Partly running: {_describe(alive)}"
+    states = stack.running()
+    return summary(stack) if all(states.values()) else f"Partly running: {_describe(states)}"
 
 
 def add_user(folder: str | Path, username: str, cfg: UserConfig) -> Path:
@@ -309,17 +310,27 @@ def _start_object_store(stack: Stack, cfg: TeamConfig) -> None:
     _wait(stack, "s3", lambda: _bucket_ready(stack, cfg.bucket))
 
 
-def _bucket_ready(stack: Stack, bucket: str) -> bool:
+def s3_client(stack: Stack):
+    """A boto3 client of the object store with the tracking server's keys (operators only:
+    clients send artifacts through the tracking server)."""
     import boto3
-    import botocore.exceptions
 
-    keys = json.loads(stack.secret("s3.json"))["identities"][0]["credentials"][0]
-    s3 = boto3.client(
+    keys = _s3_keys(stack)
+    return boto3.client(
         "s3", endpoint_url=stack.s3_endpoint, aws_access_key_id=keys["accessKey"],
         aws_secret_access_key=keys["secretKey"], region_name="us-east-1",
     )  # fmt: skip
+
+
+def _s3_keys(stack: Stack) -> dict[str, str]:
+    return json.loads(stack.secret("s3.json"))["identities"][0]["credentials"][0]
+
+
+def _bucket_ready(stack: Stack, bucket: str) -> bool:
+    import botocore.exceptions
+
     try:
-        s3.head_bucket(Bucket=bucket)
+        s3_client(stack).head_bucket(Bucket=bucket)
     except (botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError):
         return False
     return True
@@ -343,10 +354,12 @@ def _start_tracking_server(stack: Stack, cfg: TeamConfig) -> None:
         "database_uri": stack.database_url("mlflow_auth"),
         "admin_username": ADMIN,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # Without it every request re-hashes the password: 0.25 s per logged metric here.
+        "auth_cache_ttl_seconds": str(cfg.login_cache),
     }
     with ini.open("w") as f:
         auth.write(f)
-    keys = json.loads(stack.secret("s3.json"))["identities"][0]["credentials"][0]
+    keys = _s3_keys(stack)
     env = {
         "PGPASSWORD": stack.secret("postgres-password"),
         "AWS_ACCESS_KEY_ID": keys["accessKey"],
@@ -357,8 +370,6 @@ def _start_tracking_server(stack: Stack, cfg: TeamConfig) -> None:
         # Read only while no admin exists (the first start); later starts keep its password.
         "MLFLOW_AUTH_ADMIN_PASSWORD": stack.secret("admin-password"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": stack.secret("flask-secret-key"),
-        # A fresh database connection per request: a restarted PostgreSQL costs no request.
-        "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
         # No GenAI job runner (a dozen processes, ~1 GB): this project has no such jobs.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
@@ -496,7 +507,7 @@ def _spawn(stack: Stack, name: str, command: list[str], env: dict[str, str]) -> 
 def _wait(stack: Stack, name: str, ready, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
-        if not _alive(stack.pids[name]):
+        if not alive(stack.pids[name]):
             raise TeamError(f"{name} stopped while starting: see {stack.dir / 'logs'}/{name}.log")
         if time.monotonic() > deadline:
             raise TeamError(f"{name} not ready after {timeout:.0f} s: see {stack.dir / 'logs'}")
@@ -505,31 +516,24 @@ def _wait(stack: Stack, name: str, ready, timeout: float = START_TIMEOUT) -> Non
 
 def _stop(pid: int, timeout: float = 30.0) -> bool:
     """SIGTERM the process group of `pid`, SIGKILL it after `timeout`; was it running?"""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     return True
 
 
-def _alive(pid: int) -> bool:
-    """Is `pid` a live process (not a zombie)?"""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _free_port(host: str, preferred: int = 0) -> int:
     """`preferred` if it is free on `host`, else a free port the system picks."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as s:
+            # As servers do: a port whose old connections linger (TIME_WAIT) is free to listen.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:
@@ -546,5 +550,5 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _describe(alive: dict[str, bool]) -> str:
-    return ", ".join(f"{name} {'up' if up else 'down'}" for name, up in alive.items())
+def _describe(states: dict[str, bool]) -> str:
+    return ", ".join(f"{name} {'up' if up else 'down'}" for name, up in states.items())

@@ -316,8 +316,33 @@ def log_model(torchscript_path: Path, metadata: ModelMetadata, example_photo: by
             "import mlflow\nfrom landmark.tracking import LandmarkPyfunc\n\n"
             "mlflow.models.set_model(LandmarkPyfunc())\n"
         )
-        info = _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata)
+        before = mlflow.last_logged_model()
+        try:
+            info = _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata)
+        except (MlflowException, OSError) as e:
+            _fail_half_logged_model(before)
+            raise UploadError(
+                f"the model's files did not all reach the artifact store of "
+                f"{mlflow.get_tracking_uri()}: {e}\nThe model is marked FAILED and nothing was "
+                "registered; once the artifact store answers again (on a team stack: "
+                "`landmark team status`), run the step again"
+            ) from e
     return info.model_uri
+
+
+class UploadError(RuntimeError):
+    """A logged model's files did not all reach the artifact store."""
+
+
+def _fail_half_logged_model(before: Any) -> None:
+    """Mark the model this call began to log (not an earlier one) FAILED, so that no one
+    takes its half-uploaded files for a model."""
+    from mlflow.entities import LoggedModelStatus
+
+    model = mlflow.last_logged_model()
+    if model is not None and (before is None or model.model_id != before.model_id):
+        with contextlib.suppress(MlflowException):  # the server may be what failed
+            mlflow.MlflowClient().finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
 def _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata):
@@ -519,7 +544,9 @@ def add_user(
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         try:
             client.get_registered_model(model)
-        except MlflowException:
+        except MlflowException as e:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
+                raise
             client.create_registered_model(model)
         auth.grant_user_permission(username, "experiment", experiment_id, permission)
         auth.grant_user_permission(username, "registered_model", model, permission)

@@ -70,14 +70,15 @@ def tune(
         pruner=pruner,
         load_if_exists=True,
     )
-    if not studies.heartbeat(study):  # a journal: trials of dead processes on this machine
+    beats = studies.heartbeat(study)  # a database; else a journal on this machine
+    if not beats:  # trials of dead processes on this machine
         studies.fail_orphans(study)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     # Seeded per run, so a resumed study does not replay the random start-up trials it has,
     # and a worker joining a busy study does not repeat another worker's choices.
     # Workers starting together on a database (running 0 for each) differ by their process.
-    worker = os.getpid() if studies.heartbeat(study) else 0
+    worker = os.getpid() if beats else 0
     study.sampler = optuna.samplers.TPESampler(
         seed=(seed + done + 7919 * running + worker) % 2**32, n_startup_trials=5,
         constant_liar=True,
