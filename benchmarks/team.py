@@ -8,7 +8,9 @@ temporary folder, stopped at the end):
    processes on one PostgreSQL study, as trials per 10 minutes;
 3. tagging: photos/s for `--small` photos (448 px, from the test split) with the local engine,
    Spark local[2] and the stack's Spark standalone cluster (two 1-core workers), the model
-   fetched from the team's registry.
+   fetched from the team's registry (the version part 1 registered: run them together).
+
+Several workers on one machine share its cores: each gets OMP_NUM_THREADS = cores / workers.
 
     .venv/bin/python benchmarks/team.py --data ../shared/datasets/landmarks-35
 """
@@ -21,6 +23,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,26 +146,30 @@ def tuning_workers(stack: team.Stack, login, data_root: str, minutes: float, tmp
             "--pruner", "none", "--held-out", "0", "--num-workers", "0",
             "--study-name", name, "--storage", storage,
         ]  # fmt: skip
-        start = time.time()
+        # Each worker's torch threads: the machine's cores shared (oversubscribed OpenMP
+        # threads spin against each other).
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // count))}
         workers = [
             subprocess.Popen(
                 [sys.executable, str(REPO / "pipelines" / "train_scratch.py"), *flags],
-                env=env,
+                env={**env, **threads},
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             for _ in range(count)
         ]
-        time.sleep(minutes * 60)
+        time.sleep(minutes * 60 + 60)  # the window starts at the first trial (start-up ~30 s)
         for worker in workers:  # the window is over: the final models are not measured
             worker.kill()
             worker.wait()
         study = optuna.load_study(study_name=name, storage=url)
+        begun = min(t.datetime_start.timestamp() for t in study.trials)  # start-up left out
         done = [t for t in study.trials if t.state.name == "COMPLETE"
-                and t.datetime_complete.timestamp() <= start + minutes * 60]  # fmt: skip
+                and t.datetime_complete.timestamp() <= begun + minutes * 60]  # fmt: skip
         rates[count] = len(done) * 10 / minutes
-        print(f"   {count} worker(s): {len(done)} trials, {rates[count]:.1f} per 10 min")
+        print(f"   {count} worker(s), {threads['OMP_NUM_THREADS']} thread(s) each: {len(done)} "
+              f"trials, {rates[count]:.1f} per 10 min")  # fmt: skip
     print(f"   3 workers / 1 worker: x{rates[3] / max(rates[1], 1e-9):.2f} "
           f"(one machine: {os.cpu_count()} cores shared)")  # fmt: skip
 
@@ -194,6 +201,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000, help="photos to tag (part 3)")
     parser.add_argument("--parts", default="123", help="which parts to run")
     args = parser.parse_args()
+    args.data = str(Path(args.data).resolve())  # part 1 runs in a temporary folder
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="landmark-bench-"))
@@ -221,6 +229,7 @@ def main() -> None:
             tagging_engines(stack, login, args.data, args.small, tmp)
     finally:
         team.down(cfg.dir)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -311,10 +311,10 @@ class TuneConfig(Validated):
         "give it), e.g. postgresql://landmark@db-host:5432/optuna (default: a journal file "
         "next to the MLflow store)",
     )  # fmt: skip
-    heartbeat: float = _param(
-        60.0, "seconds between a running trial's heartbeats (database storage): a worker that "
+    heartbeat: int = _param(
+        60, "seconds between a running trial's heartbeats (database storage): a worker that "
         "stops beating for 3 of them has its trial failed by the next worker that asks for one",
-        allowed=POSITIVE,
+        allowed=AT_LEAST_1,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +100,9 @@ def up(cfg: TeamConfig) -> Stack:
     """Start the whole stack (or nothing, if it already runs) and return where it listens."""
     folder = Path(cfg.dir).expanduser().resolve()
     old = Stack.load(folder)
+    if old and old.pids and not any(old.running().values()):  # stopped without `down` (reboot)
+        old.pids.clear()
+        old.save()
     if old and old.pids:
         states = old.running()
         if all(states.values()):
@@ -109,6 +113,7 @@ def up(cfg: TeamConfig) -> Stack:
             f"run `landmark team down --dir {cfg.dir}` first"
         )
     _check_tools(cfg)
+    _HANDED_OUT.clear()
     stack = Stack(folder, cfg.host, cfg.bucket)
     previous = old.ports if old else {}
     for name in ("postgres", "s3", "tracking", "spark"):
@@ -194,8 +199,8 @@ def summary(stack: Stack) -> str:
         f"Team stack running; data in {d} (`landmark team down --dir {d}` stops it, data stays)",
         f"  tracking server  {stack.tracking_uri}  (MLflow UI and API; basic-auth logins)",
         f"  PostgreSQL       {stack.database_url('mlflow')}  (also /optuna for studies)",
-        f"  object store     {stack.s3_endpoint}  bucket {stack.bucket}  (S3; only the "
-        "tracking server has its keys: clients send artifacts through it)",
+        f"  object store     {stack.s3_endpoint}  bucket {stack.bucket}  (S3 keys: the "
+        "tracking server's only; clients send artifacts through it)",
     ]
     if stack.spark_master:
         lines.append(
@@ -305,6 +310,7 @@ def _start_object_store(stack: Stack, cfg: TeamConfig) -> None:
         f"-ip.bind={cfg.host}", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={stack.ports['s3']}", *flags,
         f"-s3.config={stack.secret_path('s3.json')}", f"-bucket={cfg.bucket}",
+        f"-s3.localSocket={_socket(stack, 's3')}", f"-filer.localSocket={_socket(stack, 'filer')}",
     ]  # fmt: skip
     _spawn(stack, "s3", command, {})
     _wait(stack, "s3", lambda: _bucket_ready(stack, cfg.bucket))
@@ -324,6 +330,15 @@ def s3_client(stack: Stack):
 
 def _s3_keys(stack: Stack) -> dict[str, str]:
     return json.loads(stack.secret("s3.json"))["identities"][0]["credentials"][0]
+
+
+def _socket(stack: Stack, name: str) -> Path:
+    """Where SeaweedFS puts a local socket: the stack's folder (not one more file in /tmp per
+    start), unless that path is too long for a socket (108 bytes on Linux)."""
+    path = stack.dir / "objects" / f"{name}.sock"
+    if len(str(path)) < 100:
+        return path
+    return Path(tempfile.gettempdir()) / f"seaweedfs-{name}-{stack.ports['s3']}.sock"
 
 
 def _bucket_ready(stack: Stack, bucket: str) -> bool:
@@ -515,22 +530,44 @@ def _wait(stack: Stack, name: str, ready, timeout: float = START_TIMEOUT) -> Non
 
 
 def _stop(pid: int, timeout: float = 30.0) -> bool:
-    """SIGTERM the process group of `pid`, SIGKILL it after `timeout`; was it running?"""
-    if not alive(pid):
+    """SIGTERM the process group of `pid`, SIGKILL it after `timeout`; was any of it running?
+    (The group, not only its leader: a server's workers may outlive the command that began
+    them.)"""
+    if not _group_alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
+    while _group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     return True
 
 
+def _group_alive(pgid: int) -> bool:
+    """Does any live (not zombie) process of the process group `pgid` remain?"""
+    if alive(pgid):
+        return True
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            return True
+    return False
+
+
+_HANDED_OUT: set[int] = set()  # ports chosen by this process, maybe not yet bound by a service
+
+
 def _free_port(host: str, preferred: int = 0) -> int:
-    """`preferred` if it is free on `host`, else a free port the system picks."""
-    for port in (preferred, 0) if preferred else (0,):
+    """`preferred` if it is free on `host`, else a free port the system picks; never one this
+    start handed out already (free until its service binds it)."""
+    candidates = [preferred] if preferred else []
+    for _ in range(100):
+        port = candidates.pop() if candidates else 0
         with socket.socket() as s:
             # As servers do: a port whose old connections linger (TIME_WAIT) is free to listen.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -538,7 +575,10 @@ def _free_port(host: str, preferred: int = 0) -> int:
                 s.bind((host, port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            chosen = s.getsockname()[1]
+        if chosen not in _HANDED_OUT:
+            _HANDED_OUT.add(chosen)
+            return chosen
     raise TeamError(f"no free port on {host}")
 
 

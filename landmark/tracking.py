@@ -27,6 +27,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
@@ -120,16 +121,18 @@ def mark_experiment_for_model_training(experiment_id: str) -> None:
             raise
 
 
+# A URL's password: user:PASSWORD@host, or libpq's ?password=PASSWORD (&password=...).
 _URL_PASSWORD = re.compile(r"(?P<user>://[^/@:\s]*):[^/@\s]*@")
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&\s]*", re.IGNORECASE)
 
 
 def has_password(text: str) -> bool:
-    return bool(_URL_PASSWORD.search(text))
+    return bool(_URL_PASSWORD.search(text) or _QUERY_PASSWORD.search(text))
 
 
 def mask_passwords(text: str) -> str:
     """`text` with the password of every URL in it replaced by ***."""
-    return _URL_PASSWORD.sub(r"\g<user>:***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(r"\g<user>:***@", text))
 
 
 def end_run(run_id: str, status: str) -> None:
@@ -316,33 +319,24 @@ def log_model(torchscript_path: Path, metadata: ModelMetadata, example_photo: by
             "import mlflow\nfrom landmark.tracking import LandmarkPyfunc\n\n"
             "mlflow.models.set_model(LandmarkPyfunc())\n"
         )
-        before = mlflow.last_logged_model()
         try:
             info = _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata)
-        except (MlflowException, OSError) as e:
-            _fail_half_logged_model(before)
+        except (MlflowException, requests.RequestException) as e:
+            code = getattr(e, "error_code", "")
+            if code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_PARAMETER_VALUE"):
+                raise  # not the transport's: `needs` and the caller say what it is
+            # MLflow has marked the half-logged model FAILED: no one takes it for a model.
             raise UploadError(
                 f"the model's files did not all reach the artifact store of "
-                f"{mlflow.get_tracking_uri()}: {e}\nThe model is marked FAILED and nothing was "
-                "registered; once the artifact store answers again (on a team stack: "
-                "`landmark team status`), run the step again"
+                f"{mask_passwords(mlflow.get_tracking_uri())}: {e}\nThe model is marked FAILED "
+                "and nothing was registered; once the artifact store answers again (on a team "
+                "stack: `landmark team status`), run the step again"
             ) from e
     return info.model_uri
 
 
 class UploadError(RuntimeError):
     """A logged model's files did not all reach the artifact store."""
-
-
-def _fail_half_logged_model(before: Any) -> None:
-    """Mark the model this call began to log (not an earlier one) FAILED, so that no one
-    takes its half-uploaded files for a model."""
-    from mlflow.entities import LoggedModelStatus
-
-    model = mlflow.last_logged_model()
-    if model is not None and (before is None or model.model_id != before.model_id):
-        with contextlib.suppress(MlflowException):  # the server may be what failed
-            mlflow.MlflowClient().finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
 def _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata):
@@ -548,6 +542,17 @@ def add_user(
             if "RESOURCE_DOES_NOT_EXIST" not in str(e.error_code):
                 raise
             client.create_registered_model(model)
-        auth.grant_user_permission(username, "experiment", experiment_id, permission)
-        auth.grant_user_permission(username, "registered_model", model, permission)
+        for kind, resource in (("experiment", experiment_id), ("registered_model", model)):
+            _grant(auth, username, kind, resource, permission)
     return created
+
+
+def _grant(auth: Any, username: str, kind: str, resource: str, permission: str) -> None:
+    """Give `username` `permission` on `resource`, replacing the one it had."""
+    try:
+        auth.grant_user_permission(username, kind, resource, permission)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+        auth.revoke_user_permission(username, kind, resource)
+        auth.grant_user_permission(username, kind, resource, permission)

@@ -83,8 +83,6 @@ def tune(
         seed=(seed + done + 7919 * running + worker) % 2**32, n_startup_trials=5,
         constant_liar=True,
     )  # fmt: skip
-    if defaults:  # also into a continued study; never twice
-        study.enqueue_trial(defaults, skip_if_exists=True)
     remaining = cfg.n_trials - done - running
     log.info("Study %s: %d finished trials, %d running elsewhere, %d to go",
              study_name, done, running, max(remaining, 0))  # fmt: skip
@@ -93,6 +91,9 @@ def tune(
     # One trial at a time, counting the other workers' first, under a lock held until this
     # worker's trial exists: `n_trials` is the study's total however many workers share it.
     with studies.AskLock(cfg, study_name) as lock:
+        lock.acquire()
+        if defaults:  # also into a continued study; never twice, however many workers start
+            study.enqueue_trial(defaults, skip_if_exists=True)
         while True:
             lock.acquire()
             studies.fail_stale(study)

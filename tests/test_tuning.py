@@ -571,3 +571,21 @@ def test_on_one_split_the_final_transfer_model_repeats_the_chosen_trial(data_cfg
     params = parent.data.params
     best = {k.removeprefix("best_"): v for k, v in params.items() if k.startswith("best_")}
     assert best == chosen.data.params
+
+
+def test_a_storage_url_password_is_masked_in_the_params_we_log(tracking_uri):
+    """Workers on a database give its password in PGPASSWORD; one in the URL never lands in
+    MLflow (both spellings libpq accepts)."""
+    urls = {
+        "postgresql://landmark:s3cret@db:5432/optuna": "postgresql://landmark:***@db:5432/optuna",
+        "postgresql+psycopg://db/optuna?user=landmark&password=s3cret&sslmode=require":
+            "postgresql+psycopg://db/optuna?user=landmark&password=***&sslmode=require",
+        "postgresql://landmark@db:5432/optuna": "postgresql://landmark@db:5432/optuna",
+    }  # fmt: skip
+    for url, masked in urls.items():
+        assert tracking.mask_passwords(url) == masked
+        assert tracking.has_password(url) == ("s3cret" in url)
+    with tracking.start_run("masked") as run_id:
+        tracking.log_params({f"url{i}": url for i, url in enumerate(urls)})
+    logged = MlflowClient(tracking_uri).get_run(run_id).data.params
+    assert sorted(logged.values()) == sorted(urls.values())
