@@ -80,7 +80,8 @@ class Stack:
         return self.dir / "secrets" / name
 
     def save(self) -> None:
-        state = {"host": self.host, "bucket": self.bucket, "ports": self.ports, "pids": self.pids}
+        state = {"host": self.host, "bucket": self.bucket, "ports": self.ports, "pids": self.pids,
+                 "boot": _boot_id()}  # fmt: skip
         _write_private(self.dir / STATE, json.dumps(state, indent=2))
 
     @classmethod
@@ -89,7 +90,9 @@ class Stack:
         if not path.exists():
             return None
         state = json.loads(path.read_text())
-        return cls(path.parent, state["host"], state["bucket"], state["ports"], state["pids"])
+        # Process ids of another boot are someone else's by now: never signal them.
+        pids = state["pids"] if state.get("boot") == _boot_id() else {}
+        return cls(path.parent, state["host"], state["bucket"], state["ports"], pids)
 
     def running(self) -> dict[str, bool]:
         """Each recorded service: is its process still there?"""
@@ -118,6 +121,8 @@ def up(cfg: TeamConfig) -> Stack:
     previous = old.ports if old else {}
     for name in ("postgres", "s3", "tracking", "spark"):
         asked = getattr(cfg, f"{name}_port")
+        if asked:  # its service binds it later: the system must not pick it meanwhile
+            _HANDED_OUT.add(asked)
         stack.ports[name] = asked or _free_port(cfg.host, previous.get(name, 0))
     if not cfg.spark_workers:
         del stack.ports["spark"]
@@ -128,7 +133,7 @@ def up(cfg: TeamConfig) -> Stack:
         _start_object_store(stack, cfg)
         _start_tracking_server(stack, cfg)
         if cfg.spark_workers:
-            _start_spark(stack, cfg)
+            _start_spark(stack, cfg, previous)
     except BaseException:
         down(cfg.dir)
         raise
@@ -402,12 +407,12 @@ def _start_tracking_server(stack: Stack, cfg: TeamConfig) -> None:
 # --- Spark ----------------------------------------------------------------------------------
 
 
-def _start_spark(stack: Stack, cfg: TeamConfig) -> None:
+def _start_spark(stack: Stack, cfg: TeamConfig, previous: dict[str, int]) -> None:
     """A standalone master and `cfg.spark_workers` workers (pyspark's `spark-class`: the pip
     package has no start scripts), every socket and UI on `cfg.host`."""
     spark_class = _spark_home() / "bin" / "spark-class"
     env = {"SPARK_LOCAL_IP": cfg.host, "PYSPARK_PYTHON": sys.executable}
-    stack.ports["spark_ui"] = _free_port(cfg.host)
+    stack.ports["spark_ui"] = _free_port(cfg.host, previous.get("spark_ui", 0))
     master = [
         str(spark_class), "org.apache.spark.deploy.master.Master", "-h", cfg.host,
         "-p", str(stack.ports["spark"]), "--webui-port", str(stack.ports["spark_ui"]),
@@ -417,7 +422,9 @@ def _start_spark(stack: Stack, cfg: TeamConfig) -> None:
     for i in range(cfg.spark_workers):
         work = stack.dir / "spark" / f"worker-{i}"
         work.mkdir(parents=True, exist_ok=True)
-        stack.ports[f"spark_worker_{i}"] = _free_port(cfg.host)
+        stack.ports[f"spark_worker_{i}"] = _free_port(
+            cfg.host, previous.get(f"spark_worker_{i}", 0)
+        )
         worker = [
             str(spark_class), "org.apache.spark.deploy.worker.Worker", "-h", cfg.host,
             "-p", str(stack.ports[f"spark_worker_{i}"]), "--webui-port",
@@ -543,6 +550,14 @@ def _stop(pid: int, timeout: float = 30.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def _boot_id() -> str:
+    """This boot of the machine (Linux; elsewhere "")."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _group_alive(pgid: int) -> bool:

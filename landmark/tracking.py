@@ -64,7 +64,7 @@ def needs(permission: str, resource: str) -> Iterator[None]:
         yield
     except MlflowException as e:
         code = str(e.error_code)
-        uri = mlflow.get_tracking_uri()
+        uri = mask_passwords(mlflow.get_tracking_uri())
         if code == "UNAUTHENTICATED":
             who = os.environ.get("MLFLOW_TRACKING_USERNAME")
             login = f"the login of user {who!r} (wrong password?)" if who else "no login"
@@ -323,14 +323,18 @@ def log_model(torchscript_path: Path, metadata: ModelMetadata, example_photo: by
             info = _log_pyfunc(definition, torchscript_path, signature, example_photo, metadata)
         except (MlflowException, requests.RequestException) as e:
             code = getattr(e, "error_code", "")
-            if code in ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_PARAMETER_VALUE"):
+            response = getattr(e, "response", None)  # a 4xx MLflow does not retry or wrap
+            refused = response is not None and response.status_code < 500
+            if refused or code in ("UNAUTHENTICATED", "PERMISSION_DENIED",
+                                   "INVALID_PARAMETER_VALUE"):  # fmt: skip
                 raise  # not the transport's: `needs` and the caller say what it is
-            # MLflow has marked the half-logged model FAILED: no one takes it for a model.
+            # MLflow marks the half-logged model FAILED (if the server still answers).
             raise UploadError(
                 f"the model's files did not all reach the artifact store of "
-                f"{mask_passwords(mlflow.get_tracking_uri())}: {e}\nThe model is marked FAILED "
-                "and nothing was registered; once the artifact store answers again (on a team "
-                "stack: `landmark team status`), run the step again"
+                f"{mask_passwords(mlflow.get_tracking_uri())}: {e}\nNothing was registered, "
+                "and the half-logged model is marked FAILED unless the tracking server itself "
+                "was unreachable; once the artifact store answers again (on a team stack: "
+                "`landmark team status`), run the step again"
             ) from e
     return info.model_uri
 

@@ -369,7 +369,8 @@ def test_three_workers_share_one_postgresql_study(stack, users, tmp_path, monkey
     data = make_dataset(tmp_path / "landmarks")
     storage = stack.database_url("optuna")
     env = client_env(stack, "carol", users["carol"], MLFLOW_EXPERIMENT_NAME="landmark",
-                     PGPASSWORD=stack.secret("postgres-password"))  # fmt: skip
+                     PGPASSWORD=stack.secret("postgres-password"),
+                     OMP_NUM_THREADS="1")  # three workers on this machine's cores  # fmt: skip
     flags = [
         "--data", str(data), "--image-size", "48", "--width", "8", "--depth", "2",
         "--blocks", "1", "--epochs", "2", "--batch-size", "8", "--num-workers", "0",
@@ -487,9 +488,13 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat(stack, users, monkeyp
     import optuna
     from mlflow.tracking import MlflowClient
 
+    from landmark import studies
+    from landmark.config import TuneConfig
+
     as_user(monkeypatch, stack, "carol", users["carol"], MLFLOW_EXPERIMENT_NAME="landmark")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PGPASSWORD": stack.secret("postgres-password")}
     storage = stack.database_url("optuna")
+    studies.storage_for(TuneConfig(storage=optuna_url(stack)))  # Optuna's tables, made once
     doomed = subprocess.Popen([sys.executable, "-c", WORKER, storage, "killed", "600"], env=env,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -582,9 +587,10 @@ def test_the_object_store_lost_mid_upload_fails_the_run_and_registers_nothing(
                 ScratchTuneConfig(n_trials=0),
                 OpenSetConfig(held_out=0),
             )  # fmt: skip
-    finally:
-        team._start_object_store(stack, TeamConfig(dir=str(stack.dir), host=stack.host,
-                                                   bucket=stack.bucket))  # fmt: skip
+    finally:  # the object store back for the module's other tests (if it was stopped)
+        if not alive(stack.pids["s3"]):
+            team._start_object_store(stack, TeamConfig(dir=str(stack.dir), host=stack.host,
+                                                       bucket=stack.bucket))  # fmt: skip
     assert len(model_files) == 1
     experiment = client.get_experiment_by_name("landmark").experiment_id
     (run, *_) = client.search_runs([experiment], "tags.`landmark.step` = 'train_scratch'",
