@@ -136,7 +136,7 @@ def tuning_workers(stack: team.Stack, login, data_root: str, minutes: float, tmp
         "MLFLOW_EXPERIMENT_NAME": "bench-tuning", "PGPASSWORD": stack.secret("postgres-password"),
     }  # fmt: skip
     storage = stack.database_url("optuna")
-    url = storage.replace("landmark@", f"landmark:{stack.secret('postgres-password')}@")
+    url = stack.database_url("optuna", password=True)
     rates = {}
     for count in (1, 3):
         name = f"bench-{count}-workers-{int(time.time())}"

@@ -104,16 +104,8 @@ class AskLock:
     connection's: a lost worker releases it), a file lock beside a journal, else none."""
 
     def __init__(self, cfg: TuneConfig, study_name: str) -> None:
-        self.key = _key(study_name)
-        self.url, self.held, self.connection, self.file = cfg.storage, False, None, None
-        if _is_postgres(self.url):
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
-            self.engine, self.sql = engine, sqlalchemy.text
-        elif "://" not in self.url:
-            path = _journal(cfg)
-            self.file = path.with_name(path.name + ".ask.lock")
+        self.cfg, self.key = cfg, _key(study_name)
+        self.held: contextlib.ExitStack | None = None
 
     def __enter__(self) -> AskLock:
         return self
@@ -122,27 +114,31 @@ class AskLock:
         self.release()
 
     def acquire(self) -> None:
-        if self.held:
-            return
-        if self.file is not None:
-            self.connection = open(self.file, "a")  # noqa: SIM115 - held across calls
-            fcntl.flock(self.connection, fcntl.LOCK_EX)
-        elif hasattr(self, "engine"):
-            self.connection = self.engine.connect()
-            self.connection.execute(self.sql("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-        self.held = True
+        if self.held is None:
+            held = contextlib.ExitStack()
+            held.enter_context(self._lock())
+            self.held = held
 
     def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        with contextlib.suppress(Exception):  # a dropped connection released it already
-            if self.file is None and self.connection is not None:
-                self.connection.execute(self.sql("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.close()
-            self.connection = None
+        held, self.held = self.held, None
+        if held is not None:
+            with contextlib.suppress(Exception):  # a dropped connection released it already
+                held.close()
+
+    def _lock(self) -> contextlib.AbstractContextManager:
+        if _is_postgres(self.cfg.storage):
+            return _postgres_lock(self.cfg.storage, self.key)
+        if "://" not in self.cfg.storage:
+            path = _journal(self.cfg)
+            return _file_lock(path.with_name(path.name + ".ask.lock"))
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def heartbeat(study: optuna.Study) -> bool:

@@ -69,9 +69,11 @@ class Stack:
     def spark_master(self) -> str | None:
         return f"spark://{self.host}:{self.ports['spark']}" if "spark" in self.ports else None
 
-    def database_url(self, database: str) -> str:
-        """A PostgreSQL URL without its password (PGPASSWORD or ~/.pgpass supply it)."""
-        return f"postgresql://{DB_USER}@{self.host}:{self.ports['postgres']}/{database}"
+    def database_url(self, database: str, password: bool = False) -> str:
+        """A PostgreSQL URL, without its password (PGPASSWORD or ~/.pgpass supply it) unless
+        asked (the operator's own processes: this machine's tests and benchmarks)."""
+        login = f"{DB_USER}:{self.secret('postgres-password')}" if password else DB_USER
+        return f"postgresql://{login}@{self.host}:{self.ports['postgres']}/{database}"
 
     def secret(self, name: str) -> str:
         return (self.dir / "secrets" / name).read_text().strip()
@@ -103,18 +105,18 @@ def up(cfg: TeamConfig) -> Stack:
     """Start the whole stack (or nothing, if it already runs) and return where it listens."""
     folder = Path(cfg.dir).expanduser().resolve()
     old = Stack.load(folder)
-    if old and old.pids and not any(old.running().values()):  # stopped without `down` (reboot)
-        old.pids.clear()
-        old.save()
     if old and old.pids:
         states = old.running()
         if all(states.values()):
             log.info("The team stack in %s is already running", folder)
             return old
-        raise TeamError(
-            f"the stack in {folder} is partly running ({_describe(states)}): "
-            f"run `landmark team down --dir {cfg.dir}` first"
-        )
+        if any(states.values()):
+            raise TeamError(
+                f"the stack in {folder} is partly running ({_describe(states)}): "
+                f"run `landmark team down --dir {cfg.dir}` first"
+            )
+        old.pids.clear()  # all stopped without `down` (a crash): start afresh on the data
+        old.save()
     _check_tools(cfg)
     _HANDED_OUT.clear()
     stack = Stack(folder, cfg.host, cfg.bucket)

@@ -363,7 +363,6 @@ def test_a_reader_serves_shows_and_tags_with_the_champion(stack, users, main_run
 
 def test_three_workers_share_one_postgresql_study(stack, users, tmp_path, monkeypatch):
     """Three `train_scratch` processes at once on one study (as if on three machines)."""
-    import optuna
     from mlflow.tracking import MlflowClient
 
     data = make_dataset(tmp_path / "landmarks")
@@ -397,7 +396,7 @@ def test_three_workers_share_one_postgresql_study(stack, users, tmp_path, monkey
             worker.kill()
     failed = [log.read_text()[-4000:] for w, log in zip(workers, logs, strict=True) if w.returncode]
     assert not failed, failed
-    study = optuna.load_study(study_name="team-scratch", storage=optuna_url(stack))
+    study = load_study(stack, "team-scratch")
     assert len(study.trials) == 7 and {t.state.name for t in study.trials} == {"COMPLETE"}
     pids = {t.user_attrs["pid"] for t in study.trials}
     assert pids <= {w.pid for w in workers} and len(pids) >= 2  # shared (a late starter: fewer)
@@ -433,10 +432,11 @@ def test_three_workers_share_one_postgresql_study(stack, users, tmp_path, monkey
     assert "team-scratch" in {s["study_name"] for s in listed["study_summaries"]}
 
 
-def optuna_url(stack: team.Stack) -> str:
-    """The study database's URL for this test process (which has no PGPASSWORD)."""
-    url = stack.database_url("optuna")
-    return url.replace(f"{team.DB_USER}@", f"{team.DB_USER}:{stack.secret('postgres-password')}@")
+def load_study(stack: team.Stack, name: str):
+    """The study as this test process sees it (it has no PGPASSWORD: the URL carries it)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=stack.database_url("optuna", password=True))
 
 
 def restart_postgres(stack: team.Stack) -> None:
@@ -470,12 +470,11 @@ with tracking.start_run("worker"):
 
 def wait_for_a_trial_run(stack: team.Stack, study_name: str, worker: subprocess.Popen) -> None:
     """Until the worker's first trial has its MLflow run."""
-    import optuna
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and worker.poll() is None:
         try:
-            trials = optuna.load_study(study_name=study_name, storage=optuna_url(stack)).trials
+            trials = load_study(stack, study_name).trials
         except KeyError:  # no study yet
             trials = []
         if trials and "mlflow_run_id" in trials[0].user_attrs:
@@ -485,7 +484,6 @@ def wait_for_a_trial_run(stack: team.Stack, study_name: str, worker: subprocess.
 
 
 def test_a_killed_workers_trial_is_failed_by_its_heartbeat(stack, users, monkeypatch):
-    import optuna
     from mlflow.tracking import MlflowClient
 
     from landmark import studies
@@ -494,7 +492,9 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat(stack, users, monkeyp
     as_user(monkeypatch, stack, "carol", users["carol"], MLFLOW_EXPERIMENT_NAME="landmark")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PGPASSWORD": stack.secret("postgres-password")}
     storage = stack.database_url("optuna")
-    studies.storage_for(TuneConfig(storage=optuna_url(stack)))  # Optuna's tables, made once
+    studies.storage_for(
+        TuneConfig(storage=stack.database_url("optuna", password=True))
+    )  # Optuna's tables, made once
     doomed = subprocess.Popen([sys.executable, "-c", WORKER, storage, "killed", "600"], env=env,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -507,14 +507,13 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat(stack, users, monkeyp
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     assert survivor.returncode == 0, survivor.stderr[-2000:]
     assert "Trial 0 stopped beating" in survivor.stderr
-    study = optuna.load_study(study_name="killed", storage=optuna_url(stack))
+    study = load_study(stack, "killed")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
     run = MlflowClient().get_run(study.trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
 
 
 def test_postgresql_restarted_between_two_trials_the_study_goes_on(stack, users, monkeypatch):
-    import optuna
 
     from landmark import search, selection, tracking, tuning
     from landmark.config import TuneConfig
@@ -536,7 +535,7 @@ def test_postgresql_restarted_between_two_trials_the_study_goes_on(stack, users,
     with tracking.start_run("restart"):
         study = tuning.tune("restart", space, train, cfg, 0, search.pruner_for(cfg, 1, lambda s: 1))
     assert stack.pids["postgres"] != before and alive(stack.pids["postgres"])
-    again = optuna.load_study(study_name="restart", storage=optuna_url(stack))
+    again = load_study(stack, "restart")
     assert [t.state.name for t in again.trials] == ["COMPLETE"] * 3
     assert study.best_trial.number == again.best_trial.number
 
